@@ -1,0 +1,1 @@
+"""NodeAI Hub serving: see DESIGN.md section 4 (built by a later issue)."""
