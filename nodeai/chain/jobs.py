@@ -13,7 +13,7 @@ definition of the lifecycle:
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, fields, replace  # noqa: F401  (replace is re-exported)
 from enum import IntEnum
 from typing import Any, Mapping
 
