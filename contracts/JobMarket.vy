@@ -215,6 +215,10 @@ def createJob(
     @return uint256 The job id.
     """
     assert maxPayment > 0, "market: maxPayment is zero"
+    # NOTE: keeps every product computed from maxPayment (the bond, up to 5x, and the
+    # fee and revenue share in `_split`) below 2**256, so a job that was created can
+    # always settle: without it a large charge made `finalize` overflow forever.
+    assert maxPayment <= max_value(uint256) // MAX_BOND_BPS, "market: maxPayment too large"
     assert len(inputCid) >= 10, "market: input CID too short"
     assert deadline > block.timestamp, "market: deadline in the past"
     assert deadline <= block.timestamp + MAX_JOB_DURATION, "market: deadline beyond 30 days"
@@ -240,8 +244,7 @@ def createJob(
         revenueShareBps=share_bps,
         protocolFeeBps=protocol_fees.protocolFeeBps,
         challengeWindow=self.challengeWindow,
-        # NOTE: bondBps <= 50_000, so the product overflows only for absurd maxPayment,
-        # and then the checked multiplication reverts.
+        # NOTE: bondBps <= MAX_BOND_BPS and maxPayment <= max_value(uint256) // MAX_BOND_BPS.
         bond=maxPayment * self.bondBps // 10_000,
         state=STATE_OPEN,
         provider=empty(address),
