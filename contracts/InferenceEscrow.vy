@@ -191,7 +191,7 @@ def redeem(voucher: Voucher, signature: Bytes[65]) -> uint256:
     fee: uint256 = 0
     paid, provider_amount, fee = self._redeem(voucher, signature)
     token_transfers._push(token, voucher.provider, provider_amount)
-    token_transfers._push(token, protocol_fees.treasury, fee)
+    token_transfers._push(token, protocol_fees._treasury(), fee)
     return paid
 
 
@@ -220,7 +220,7 @@ def redeemBatch(provider: address, vouchers: DynArray[Voucher, MAX_BATCH], signa
         provider_total += provider_amount
         fee_total += fee
     token_transfers._push(token, provider, provider_total)
-    token_transfers._push(token, protocol_fees.treasury, fee_total)
+    token_transfers._push(token, protocol_fees._treasury(), fee_total)
     return total
 
 
@@ -288,7 +288,7 @@ def _redeem(voucher: Voucher, signature: Bytes[65]) -> (uint256, uint256, uint25
     provider_amount: uint256 = 0
     owner_amount: uint256 = 0
     fee: uint256 = 0
-    provider_amount, owner_amount, fee = protocol_fees._split(paid, share_bps, protocol_fees.protocolFeeBps)
+    provider_amount, owner_amount, fee = protocol_fees._split(paid, share_bps, protocol_fees._fee_bps())
     if owner == empty(address):
         # NOTE: an unknown model id has no owner to pay: its share stays with the provider.
         provider_amount += owner_amount

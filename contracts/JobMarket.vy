@@ -80,9 +80,10 @@ jobCommitment: public(HashMap[uint256, bytes32])
 jobCount: public(uint256)
 
 arbiter: public(address)
-challengeWindow: public(uint256)
-arbitrationWindow: public(uint256)
-bondBps: public(uint256)
+# @dev challengeWindow | arbitrationWindow << 64 | bondBps << 128, one slot:
+# createJob reads two of them, and one cold read costs 2,100 gas instead of 4,200.
+_params: uint256
+FIELD_MASK: constant(uint256) = 2**64 - 1
 
 
 event JobCreated:
@@ -232,6 +233,7 @@ def createJob(
     owner, share_bps, active = staticcall modelRegistry.modelTerms(modelId)
     assert active, "market: model not registered or deprecated"
 
+    params: uint256 = self._params
     job: Job = Job(
         requester=msg.sender,
         modelId=modelId,
@@ -242,10 +244,10 @@ def createJob(
         priorityUntil=priorityUntil,
         modelOwner=owner,
         revenueShareBps=share_bps,
-        protocolFeeBps=protocol_fees.protocolFeeBps,
-        challengeWindow=self.challengeWindow,
+        protocolFeeBps=protocol_fees._fee_bps(),
+        challengeWindow=params & FIELD_MASK,
         # NOTE: bondBps <= MAX_BOND_BPS and maxPayment <= max_value(uint256) // MAX_BOND_BPS.
-        bond=maxPayment * self.bondBps // 10_000,
+        bond=maxPayment * (params >> 128) // 10_000,
         state=STATE_OPEN,
         provider=empty(address),
         charge=0,
@@ -351,7 +353,7 @@ def disputeJob(jobId: uint256, job: Job, reasonCid: String[MAX_CID_LENGTH]):
     assert block.timestamp < job.windowEnds, "market: challenge window over"
     new: Job = job
     new.state = STATE_DISPUTED
-    new.windowEnds = block.timestamp + self.arbitrationWindow
+    new.windowEnds = block.timestamp + ((self._params >> 64) & FIELD_MASK)
     self.jobCommitment[jobId] = self._commit(new)
     log JobDisputed(jobId=jobId, requester=msg.sender, reasonCid=reasonCid, arbitrationEnds=new.windowEnds)
 
@@ -440,6 +442,36 @@ def setMarketParams(arbiter_: address, challenge_window_: uint256, arbitration_w
 
 
 @external
+@view
+def challengeWindow() -> uint256:
+    """
+    @notice Seconds a requester has to dispute a result, for jobs created now.
+    @return uint256 The window.
+    """
+    return self._params & FIELD_MASK
+
+
+@external
+@view
+def arbitrationWindow() -> uint256:
+    """
+    @notice Seconds the arbiter has to rule on a dispute opened now.
+    @return uint256 The window.
+    """
+    return (self._params >> 64) & FIELD_MASK
+
+
+@external
+@view
+def bondBps() -> uint256:
+    """
+    @notice Claim bond in basis points of maxPayment, for jobs created now.
+    @return uint256 The bond rate.
+    """
+    return self._params >> 128
+
+
+@external
 @pure
 def jobHash(job: Job) -> bytes32:
     """
@@ -476,7 +508,7 @@ def _settle(jobId: uint256, job: Job):
     )
     token_transfers._push(token, job.provider, provider_amount)
     token_transfers._push(token, job.modelOwner, owner_amount)
-    token_transfers._push(token, protocol_fees.treasury, fee)
+    token_transfers._push(token, protocol_fees._treasury(), fee)
     token_transfers._push(token, job.requester, refund)
 
 
@@ -515,7 +547,6 @@ def _set_params(arbiter_: address, challenge_window_: uint256, arbitration_windo
     assert arbitration_window_ >= 60 and arbitration_window_ <= MAX_WINDOW, "market: arbitration window outside 1 min to 7 days"
     assert bond_bps_ <= MAX_BOND_BPS, "market: bond above MAX_BOND_BPS"
     self.arbiter = arbiter_
-    self.challengeWindow = challenge_window_
-    self.arbitrationWindow = arbitration_window_
-    self.bondBps = bond_bps_
+    # NOTE: windows <= 7 days and bond <= 50_000 all fit their 64 bits.
+    self._params = challenge_window_ | (arbitration_window_ << 64) | (bond_bps_ << 128)
     log MarketParamsChanged(arbiter=arbiter_, challengeWindow=challenge_window_, arbitrationWindow=arbitration_window_, bondBps=bond_bps_)

@@ -16,8 +16,11 @@ uses: ownable
 MAX_PROTOCOL_FEE_BPS: constant(uint256) = 1_000
 BPS: constant(uint256) = 10_000
 
-treasury: public(address)
-protocolFeeBps: public(uint256)
+# @dev treasury (160 bits) | fee in bps (above them), one slot: settlement
+# reads both, and one cold read costs 2,100 gas instead of 4,200.
+_config: uint256
+FEE_SHIFT: constant(uint256) = 160
+ADDRESS_MASK: constant(uint256) = 2**160 - 1
 
 
 event TreasuryChanged:
@@ -55,17 +58,49 @@ def setProtocolFee(fee_bps: uint256):
     self._set_fee(fee_bps)
 
 
+@external
+@view
+def treasury() -> address:
+    """
+    @notice Where protocol fees are paid.
+    @return address The treasury.
+    """
+    return self._treasury()
+
+
+@external
+@view
+def protocolFeeBps() -> uint256:
+    """
+    @notice The protocol fee for payments made now, in basis points.
+    @return uint256 The fee.
+    """
+    return self._fee_bps()
+
+
+@internal
+@view
+def _treasury() -> address:
+    return convert(self._config & ADDRESS_MASK, address)
+
+
+@internal
+@view
+def _fee_bps() -> uint256:
+    return self._config >> FEE_SHIFT
+
+
 @internal
 def _set_treasury(treasury_: address):
     assert treasury_ != empty(address), "fees: treasury is the zero address"
-    self.treasury = treasury_
+    self._config = (self._fee_bps() << FEE_SHIFT) | convert(treasury_, uint256)
     log TreasuryChanged(treasury=treasury_)
 
 
 @internal
 def _set_fee(fee_bps: uint256):
     assert fee_bps <= MAX_PROTOCOL_FEE_BPS, "fees: fee above MAX_PROTOCOL_FEE_BPS"
-    self.protocolFeeBps = fee_bps
+    self._config = (fee_bps << FEE_SHIFT) | (self._config & ADDRESS_MASK)
     log ProtocolFeeChanged(protocolFeeBps=fee_bps)
 
 
