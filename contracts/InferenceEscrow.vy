@@ -62,7 +62,11 @@ token: public(immutable(IERC20))
 modelRegistry: public(immutable(IModelRegistry))
 providerRegistry: public(immutable(IProviderRegistry))
 
-channels: public(HashMap[address, HashMap[address, Channel]])
+# @dev balance (192 bits) | unlockAt << 192, one slot per (payer, provider):
+# deposits and redemptions then touch a single slot.
+_channels: HashMap[address, HashMap[address, uint256]]
+UNLOCK_SHIFT: constant(uint256) = 192
+BALANCE_MASK: constant(uint256) = 2**192 - 1
 # @dev payer -> provider -> modelId -> cumulative amount paid out so far.
 redeemed: public(HashMap[address, HashMap[address, HashMap[uint256, uint256]]])
 withdrawTimelock: public(uint256)
@@ -141,8 +145,10 @@ def deposit(provider: address, amount: uint256):
     """
     assert amount > 0, "escrow: amount is zero"
     assert staticcall providerRegistry.isRegistered(provider), "escrow: provider not registered"
-    balance: uint256 = self.channels[msg.sender][provider].balance + amount
-    self.channels[msg.sender][provider] = Channel(balance=balance, unlockAt=0)
+    balance: uint256 = self._channels[msg.sender][provider] & BALANCE_MASK
+    balance += amount
+    assert balance <= BALANCE_MASK, "escrow: deposit above 2**192 - 1"
+    self._channels[msg.sender][provider] = balance  # NOTE: unlockAt = 0 cancels a pending withdrawal
     log Deposited(payer=msg.sender, provider=provider, amount=amount, balance=balance)
     token_transfers._pull(token, msg.sender, amount)
 
@@ -154,9 +160,10 @@ def requestWithdrawal(provider: address):
             left of its deposit for `provider`.
     @param provider The channel's provider.
     """
-    assert self.channels[msg.sender][provider].balance > 0, "escrow: nothing deposited"
+    balance: uint256 = self._channels[msg.sender][provider] & BALANCE_MASK
+    assert balance > 0, "escrow: nothing deposited"
     unlock_at: uint256 = block.timestamp + self.withdrawTimelock
-    self.channels[msg.sender][provider].unlockAt = unlock_at
+    self._channels[msg.sender][provider] = balance | (unlock_at << UNLOCK_SHIFT)
     log WithdrawalRequested(payer=msg.sender, provider=provider, unlockAt=unlock_at)
 
 
@@ -167,10 +174,10 @@ def withdraw(provider: address):
     @notice Withdraws the caller's unspent deposit for `provider` after the timelock.
     @param provider The channel's provider.
     """
-    channel: Channel = self.channels[msg.sender][provider]
+    channel: Channel = self._channel(msg.sender, provider)
     assert channel.unlockAt != 0, "escrow: no withdrawal requested"
     assert block.timestamp >= channel.unlockAt, "escrow: timelock not over"
-    self.channels[msg.sender][provider] = empty(Channel)
+    self._channels[msg.sender][provider] = 0
     log Withdrawn(payer=msg.sender, provider=provider, amount=channel.balance)
     token_transfers._push(token, msg.sender, channel.balance)
 
@@ -258,7 +265,19 @@ def redeemable(voucher: Voucher) -> uint256:
     already: uint256 = self.redeemed[voucher.payer][voucher.provider][voucher.modelId]
     if voucher.cumulativeAmount <= already:
         return 0
-    return min(voucher.cumulativeAmount - already, self.channels[voucher.payer][voucher.provider].balance)
+    return min(voucher.cumulativeAmount - already, self._channels[voucher.payer][voucher.provider] & BALANCE_MASK)
+
+
+@external
+@view
+def channels(payer: address, provider: address) -> Channel:
+    """
+    @notice A payer's deposit for a provider and its pending withdrawal.
+    @param payer The consumer.
+    @param provider The provider.
+    @return Channel Unspent balance and when a requested withdrawal unlocks (0: none).
+    """
+    return self._channel(payer, provider)
 
 
 @internal
@@ -268,19 +287,23 @@ def _redeem(voucher: Voucher, signature: Bytes[65]) -> (uint256, uint256, uint25
          (paid, provider amount, fee) for the caller to pay out.
     """
     assert block.timestamp <= voucher.expiry, "escrow: voucher expired"
+    # NOTE: signatures of a length other than 64/65 recover the zero address.
+    assert voucher.payer != empty(address), "escrow: payer is the zero address"
     signer: address = ecdsa._recover_sig(self._digest(voucher), signature)
     assert signer == voucher.payer, "escrow: signature is not the payer's"
     already: uint256 = self.redeemed[voucher.payer][voucher.provider][voucher.modelId]
     if voucher.cumulativeAmount <= already:
         return 0, 0, 0
-    balance: uint256 = self.channels[voucher.payer][voucher.provider].balance
+    packed: uint256 = self._channels[voucher.payer][voucher.provider]
+    balance: uint256 = packed & BALANCE_MASK
     paid: uint256 = min(unsafe_sub(voucher.cumulativeAmount, already), balance)
     if paid == 0:
         return 0, 0, 0
     # NOTE: paid <= cumulativeAmount - already and paid <= balance.
     self.redeemed[voucher.payer][voucher.provider][voucher.modelId] = unsafe_add(already, paid)
     balance = unsafe_sub(balance, paid)
-    self.channels[voucher.payer][voucher.provider].balance = balance
+    # NOTE: only the balance bits change; a pending withdrawal keeps its unlock time.
+    self._channels[voucher.payer][voucher.provider] = unsafe_sub(packed, paid)
     owner: address = empty(address)
     share_bps: uint256 = 0
     active: bool = False
@@ -307,6 +330,13 @@ def _redeem(voucher: Voucher, signature: Bytes[65]) -> (uint256, uint256, uint25
     )
     token_transfers._push(token, owner, owner_amount)
     return paid, provider_amount, fee
+
+
+@internal
+@view
+def _channel(payer: address, provider: address) -> Channel:
+    packed: uint256 = self._channels[payer][provider]
+    return Channel(balance=packed & BALANCE_MASK, unlockAt=packed >> UNLOCK_SHIFT)
 
 
 @internal

@@ -8,8 +8,9 @@
         as billed, with `verifyReceipt`.
 @dev Leaves are `keccak256(keccak256(abi_encode(Receipt)))` (double hashed, so
      an inner node can never pass as a leaf); pairs are hashed sorted, as in
-     OpenZeppelin's and snekmate's Merkle proofs. One storage slot per batch:
-     root -> committing provider.
+     OpenZeppelin's and snekmate's Merkle proofs. One storage slot per batch,
+     keyed by provider and root, so no provider can commit another's root first
+     and block it.
 """
 
 from snekmate.utils import merkle_proof_verification as merkle
@@ -31,8 +32,8 @@ struct Receipt:
 
 
 providerRegistry: public(immutable(IProviderRegistry))
-# @dev Merkle root -> provider that committed it; zero when never committed.
-rootProvider: public(HashMap[bytes32, address])
+# @dev provider -> Merkle root -> committed.
+isCommitted: public(HashMap[address, HashMap[bytes32, bool]])
 
 
 event ReceiptsCommitted:
@@ -71,9 +72,9 @@ def commitReceipts(
     assert root != empty(bytes32), "receipts: root is zero"
     assert count > 0, "receipts: empty batch"
     assert fromTimestamp <= toTimestamp, "receipts: fromTimestamp after toTimestamp"
-    assert self.rootProvider[root] == empty(address), "receipts: root already committed"
+    assert not self.isCommitted[msg.sender][root], "receipts: root already committed"
     assert staticcall providerRegistry.isRegistered(msg.sender), "receipts: caller is not a registered provider"
-    self.rootProvider[root] = msg.sender
+    self.isCommitted[msg.sender][root] = True
     log ReceiptsCommitted(
         provider=msg.sender,
         root=root,
@@ -97,8 +98,7 @@ def verifyReceipt(root: bytes32, receipt: Receipt, proof: DynArray[bytes32, MAX_
     @param proof Sibling hashes from the leaf up to the root.
     @return bool Inclusion verified.
     """
-    committer: address = self.rootProvider[root]
-    if committer == empty(address) or committer != receipt.provider:
+    if not self.isCommitted[receipt.provider][root]:
         return False
     return merkle._verify(proof, root, self._leaf(receipt))
 

@@ -1057,7 +1057,8 @@ def test_parameter_changes_do_not_affect_created_jobs(suite, driver):
     driver.finalize(job_id)
     assert diff(before, balances(s, *everyone(s))) == expected_settlement(job)
 
-    # a job created after the changes uses the new terms
+    # a job created after the changes uses the new terms (a share increase once its notice period is over)
+    warp(7 * DAY)
     new_id = driver.create(max_payment=10 * ONE)
     new = driver.jobs[new_id]
     assert (new.protocol_fee_bps, new.revenue_share_bps, new.model_owner) == (1_000, 5_000, s.provider2.address)
@@ -1133,6 +1134,7 @@ def test_finalize_split_sums_to_max_payment(suite, max_payment, charge_ppm, fee_
         charge = max_payment * charge_ppm // 1_000_000
         call_as(s.deployer, s.market.setProtocolFee, fee_bps)
         call_as(s.publisher, s.models.setTerms, s.model_id, 1, share_bps)
+        warp(7 * DAY)  # a share increase applies after its notice period
         call_as(s.deployer, s.market.setMarketParams, s.arbiter.address, CHALLENGE_WINDOW, ARBITRATION_WINDOW, 0)
         whale = actor("whale")
         fund(s, whale, max_payment, spender=s.market.address)

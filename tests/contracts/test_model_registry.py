@@ -7,7 +7,7 @@ import pytest
 
 from nodeai.chain.jobs import ZERO_ADDRESS
 
-from .conftest import ARTIFACT_CID, MANIFEST_CID, REVENUE_SHARE_BPS, ONE, last_event
+from .conftest import ARTIFACT_CID, MANIFEST_CID, REVENUE_SHARE_BPS, ONE, last_event, now, warp
 
 SPEC_CID = "bafybeihkoviema7g3gxyt6la7vd5ho32ictqbilu3wnlo3rs7ewhnp7lly"
 NEW_ARTIFACT = "bafybeiemxf5abjwjbikoz4mc3a3dla6ual3jsgpdr4cjr3oz3evfyavhwq"
@@ -180,9 +180,19 @@ def test_set_terms(suite):
     with boa.env.prank(s.publisher.address):
         s.models.setTerms(s.model_id, 9, 5_000)
     event = last_event(s.models, "ModelTermsChanged")
-    assert (event["modelId"], event["pricePer1kTokens"], event["revenueShareBps"]) == (s.model_id, 9, 5_000)
-    assert (s.models.models(s.model_id).pricePer1kTokens, s.models.models(s.model_id).revenueShareBps) == (9, 5_000)
+    effective_at = now() + 7 * 86_400
+    assert (event["modelId"], event["pricePer1kTokens"], event["revenueShareBps"], event["shareEffectiveAt"]) == (
+        s.model_id, 9, 5_000, effective_at
+    )
+    # NOTE: a share increase is announced, not applied: providers can redeem what they earned first.
+    assert (s.models.models(s.model_id).pricePer1kTokens, s.models.models(s.model_id).revenueShareBps) == (9, REVENUE_SHARE_BPS)
+    assert tuple(s.models.pendingRevenueShare(s.model_id)) == (5_000, effective_at)
+    assert tuple(s.models.modelTerms(s.model_id)) == (s.publisher.address, REVENUE_SHARE_BPS, True)
+    warp(7 * 86_400 - 1)
+    assert s.models.modelTerms(s.model_id)[1] == REVENUE_SHARE_BPS
+    warp(1)
     assert tuple(s.models.modelTerms(s.model_id)) == (s.publisher.address, 5_000, True)
+    assert tuple(s.models.pendingRevenueShare(s.model_id)) == (0, 0)
     with boa.env.prank(s.publisher.address):
         s.models.setTerms(s.model_id, 0, 0)
     assert tuple(s.models.modelTerms(s.model_id)) == (s.publisher.address, 0, True)
@@ -289,3 +299,33 @@ def test_ids_are_sequential_across_models_and_agents(suite):
     ids = [register_model(s), register_agent(s, s.model_id), register_model(s, who=s.provider2)]
     assert ids == [2, 3, 4] and s.models.modelCount() == 4
     assert [s.models.models(i).kind for i in ids] == [0, 1, 0]
+
+
+def test_share_decrease_applies_at_once_and_cancels_an_announced_increase(suite):
+    s = suite
+    with boa.env.prank(s.publisher.address):
+        s.models.setTerms(s.model_id, 9, 4_000)
+        s.models.setTerms(s.model_id, 9, 500)
+    assert last_event(s.models, "ModelTermsChanged")["shareEffectiveAt"] == now()
+    assert s.models.modelTerms(s.model_id)[1] == 500
+    assert tuple(s.models.pendingRevenueShare(s.model_id)) == (0, 0)
+    warp(8 * 86_400)
+    assert s.models.modelTerms(s.model_id)[1] == 500  # the cancelled increase never applies
+
+
+def test_an_owner_cannot_raise_its_cut_of_vouchers_already_earned(suite):
+    """Regression: the escrow reads the share at redemption, so an owner raising
+    it just before a provider redeems used to take up to half of the provider's pay."""
+    s = suite
+    from nodeai.chain.vouchers import Voucher, sign_voucher
+
+    with boa.env.prank(s.payer.address):
+        s.escrow.deposit(s.provider.address, 10 * ONE)
+    v = Voucher(s.payer.address, s.provider.address, s.model_id, 10 * ONE, now() + 86_400)
+    sig = sign_voucher(v, s.payer.key, boa.env.evm.patch.chain_id, s.escrow.address)
+    with boa.env.prank(s.publisher.address):
+        s.models.setTerms(s.model_id, 0, 5_000)
+    publisher_before = s.token.balanceOf(s.publisher.address)
+    with boa.env.prank(s.provider.address):
+        s.escrow.redeem(v.as_tuple(), sig)
+    assert s.token.balanceOf(s.publisher.address) - publisher_before == 10 * ONE * REVENUE_SHARE_BPS // 10_000

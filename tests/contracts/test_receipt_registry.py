@@ -70,7 +70,7 @@ def test_every_committed_receipt_verifies(suite, n):
         "amount": sum(r.amount for r in receipts), "fromTimestamp": receipts[0].timestamp,
         "toTimestamp": receipts[-1].timestamp,
     }  # fmt: skip
-    assert s.receipts.rootProvider(tree.root) == s.provider.address
+    assert s.receipts.isCommitted(s.provider.address, tree.root)
     for i, receipt in enumerate(receipts):
         proof = tree.proof(i)
         assert len(proof) <= max(1, (n - 1).bit_length())
@@ -125,7 +125,8 @@ def test_root_committed_by_another_provider_does_not_verify(suite):
     # provider's receipts, committed by provider2: nobody may vouch for another provider's metering
     receipts = make_receipts(s, 7)
     tree = commit(s, receipts, provider=s.provider2)
-    assert s.receipts.rootProvider(tree.root) == s.provider2.address
+    assert s.receipts.isCommitted(s.provider2.address, tree.root)
+    assert not s.receipts.isCommitted(s.provider.address, tree.root)
     for i, r in enumerate(receipts):
         assert not verify(s, tree.root, r, tree.proof(i))
     # ...while the same receipts naming provider2 verify against that root's tree
@@ -170,7 +171,7 @@ def test_commit_from_an_unregistered_caller_reverts(suite):
     receipts = make_receipts(s, 2, provider=s.requester)
     with boa.reverts("receipts: caller is not a registered provider"):
         commit(s, receipts, provider=s.requester)
-    assert s.receipts.rootProvider(MerkleTree([r.leaf() for r in receipts]).root) == ZERO_ADDRESS
+    assert not s.receipts.isCommitted(s.requester.address, MerkleTree([r.leaf() for r in receipts]).root)
 
 
 def _commit_raw(s, root=b"\x01" * 32, count=1, from_ts=0, to_ts=0, provider=None):
@@ -193,7 +194,7 @@ def test_commit_with_from_after_to_reverts(suite):
     with boa.reverts("receipts: fromTimestamp after toTimestamp"):
         _commit_raw(s, from_ts=101, to_ts=100)
     _commit_raw(s, from_ts=100, to_ts=100)  # a one-instant batch is fine
-    assert s.receipts.rootProvider(b"\x01" * 32) == s.provider.address
+    assert s.receipts.isCommitted(s.provider.address, b"\x01" * 32)
 
 
 def test_commit_of_the_same_root_twice_reverts(suite):
@@ -202,12 +203,22 @@ def test_commit_of_the_same_root_twice_reverts(suite):
     tree = commit(s, receipts)
     with boa.reverts("receipts: root already committed"):
         commit(s, receipts, tree=tree)
-    with boa.reverts("receipts: root already committed"):
-        commit(s, receipts, tree=tree, provider=s.provider2)
-    assert s.receipts.rootProvider(tree.root) == s.provider.address
+    assert s.receipts.isCommitted(s.provider.address, tree.root)
+
+
+def test_another_provider_cannot_squat_a_root(suite):
+    """Roots are kept per provider: provider2 committing provider's root first
+    neither blocks provider's own commit nor makes provider's receipts verify."""
+    s = suite
+    receipts = make_receipts(s, 3)
+    tree = MerkleTree([r.leaf() for r in receipts])
+    commit(s, receipts, tree=tree, provider=s.provider2)
+    assert not verify(s, tree.root, receipts[0], tree.proof(0))
+    commit(s, receipts, tree=tree)
+    assert all(verify(s, tree.root, r, tree.proof(i)) for i, r in enumerate(receipts))
 
 
 def test_uncommitted_root_has_no_provider(suite):
     s = suite
-    assert s.receipts.rootProvider(b"\x02" * 32) == ZERO_ADDRESS
+    assert not s.receipts.isCommitted(s.provider.address, b"\x02" * 32)
     assert s.receipts.providerRegistry() == s.providers.address
