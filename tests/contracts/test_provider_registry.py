@@ -624,3 +624,22 @@ def test_model_registered_later_can_be_served(suite, driver):
     call_as(s.provider, s.providers.setModelPrice, model_id, 3)
     driver.claim(job_id)
     assert driver.jobs[job_id].provider == s.provider.address
+
+
+def test_stake_is_capped_so_the_packed_slot_never_overflows(suite):
+    """Stake shares one storage slot with the bond and the job counter, so it is
+    capped at 2**112 - 1; above it registering or adding stake reverts cleanly."""
+    s = suite
+    whale = actor("stake-whale")
+    cap = 2**112 - 1
+    with boa.env.prank(s.deployer.address):
+        s.token.mint(whale.address, cap + 1)
+    with boa.env.prank(whale.address):
+        s.token.approve(s.providers.address, 2**256 - 1)
+        with boa.reverts("providers: stake above 2**112 - 1"):
+            s.providers.register("https://whale.example", "peer", cap + 1)
+        s.providers.register("https://whale.example", "peer", cap)
+        with boa.reverts("providers: stake above 2**112 - 1"):
+            s.providers.addStake(1)
+    p = s.providers.providers(whale.address)
+    assert (p.registered, p.stake, p.bonded, p.jobsCompleted) == (True, cap, 0, 0)
