@@ -75,6 +75,17 @@ class Marketplace:
             self.send("provider", self.providers.functions.setModelPrice(model_id, price_per_1k), "setModelPrice"),
         ]
 
+    def onboard(self, funds: int, stake: int, price_per_1k: int = 2_000, share_bps: int = 1_000) -> int:
+        """Fund provider and requester, register a model and a staked provider serving it,
+        approve both payment contracts for the requester; returns the model id."""
+        for who in ("provider", "requester"):
+            self.mint(who, funds)
+        model_id, _ = self.register_model(b"weights", b"manifest", price_per_1k, share_bps)
+        self.register_provider("http://127.0.0.1:8000/v1", "12D3KooWPeer", stake, model_id, price_per_1k)
+        self.approve("requester", self.market)
+        self.approve("requester", self.escrow)
+        return model_id
+
     # -- agent jobs -----------------------------------------------------------------------
     def create_job(self, model_id: int, job_input: bytes, max_payment: int, duration: int = 86_400,
                    requester: str = "requester") -> tuple[int, TxResult]:

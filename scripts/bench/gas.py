@@ -56,12 +56,8 @@ def measure(rpc_url: str) -> dict:
     deployer = Account.from_key(keys["deployer"])
     params = DeployParams(treasury=Account.from_key(keys["treasury"]).address, arbiter=deployer.address)
     m = Marketplace.from_keys(w3, deploy_suite(w3, deployer, params), keys)
-    for who in ("provider", "requester"):
-        m.mint(who, 100_000 * ONE)
-    model_id, register_model = m.register_model(b"weights", b"manifest", 2_000, 1_000)
-    m.register_provider("http://127.0.0.1:8000/v1", "12D3KooWPeer", 1_000 * ONE, model_id, 2_000)
-    m.approve("requester", m.market)
-    m.approve("requester", m.escrow)
+    model_id = m.onboard(funds=100_000 * ONE, stake=1_000 * ONE)
+    _, register_model = m.register_model(b"another model", b"manifest", 2_000, 1_000)
 
     first = lifecycle(m, model_id)
     steady = lifecycle(m, model_id)

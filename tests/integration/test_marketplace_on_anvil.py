@@ -15,14 +15,7 @@ ONE = 10**6
 
 @pytest.fixture(scope="module")
 def model_id(marketplace):
-    m = marketplace
-    for who in ("provider", "requester"):
-        m.mint(who, 10_000 * ONE)
-    model_id, _ = m.register_model(b"weights", b"manifest", 2_000, 1_000)
-    m.register_provider("http://127.0.0.1:8000/v1", "12D3KooWPeer", 1_000 * ONE, model_id, 2_000)
-    m.approve("requester", m.market)
-    m.approve("requester", m.escrow)
-    return model_id
+    return marketplace.onboard(funds=10_000 * ONE, stake=1_000 * ONE)
 
 
 def test_job_lifecycle_pays_everyone_exactly(marketplace, model_id):
