@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, replace
 
 import boa
+import pytest
 from eth_utils import keccak, to_checksum_address
 from hypothesis import note, settings
 from hypothesis.control import current_build_context
@@ -82,6 +83,9 @@ MAX_TIMELOCK = 30 * 86_400
 UINT256_MAX = 2**256 - 1
 EXTRA_MINT = 1_000_000 * ONE
 UNKNOWN_MODEL = 999
+SHARE_INCREASE_DELAY = 7 * 86_400
+MAX_STAKE = 2**112 - 1
+MAX_CHANNEL_BALANCE = 2**192 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -142,6 +146,21 @@ def world() -> World:
         w.raw.calibrate(w)
         _WORLD = w
     return _WORLD
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deployed_world():
+    """Deploys the world once for this module, outside any example.
+
+    titanoboa's pytest plugin runs each fixture's set-up in an anchor that is
+    reverted when the fixture is finalized, each test in another, and each
+    hypothesis example in a third: a world deployed lazily inside an example
+    would vanish with it. Deployed here it lives until the module is done.
+    """
+    global _WORLD
+    _WORLD = None
+    yield world()
+    _WORLD = None
 
 
 # ---------------------------------------------------------------------------
@@ -345,7 +364,9 @@ class Base(RuleBasedStateMachine):
         self.fee_bps = {str(self.s.market.address): PROTOCOL_FEE_BPS, str(self.s.escrow.address): PROTOCOL_FEE_BPS}
         self.treasury = {str(self.s.market.address): self.w.addr("treasury"),
                          str(self.s.escrow.address): self.w.addr("treasury")}  # fmt: skip
-        self.share = {self.w.m1: REVENUE_SHARE_BPS, self.w.m2: MAX_REVENUE_SHARE_BPS, UNKNOWN_MODEL: 0}
+        # revenue share per model: [share in force, announced increase, when it applies (0: none)]
+        self.share_terms = {self.w.m1: [REVENUE_SHARE_BPS, 0, 0], self.w.m2: [MAX_REVENUE_SHARE_BPS, 0, 0],
+                            UNKNOWN_MODEL: [0, 0, 0]}  # fmt: skip
         self.model_owner = {self.w.m1: self.w.addr("publisher"), self.w.m2: self.w.addr("publisher"),
                             UNKNOWN_MODEL: ZERO_ADDRESS}  # fmt: skip
         self.active = {self.w.m1: True, self.w.m2: True, UNKNOWN_MODEL: False}
@@ -406,7 +427,6 @@ class Base(RuleBasedStateMachine):
         done, _ = self.call(ok, caller, contract.setProtocolFee, fee, what=f"setProtocolFee({fee})")
         if done:
             self.fee_bps[str(contract.address)] = fee
-        assert contract.protocolFeeBps() == self.fee_bps[str(contract.address)]
 
     def _set_treasury(self, contract, caller: str, treasury: str) -> None:
         ok = caller == self.a("deployer") and treasury != ZERO_ADDRESS
@@ -420,7 +440,17 @@ class Base(RuleBasedStateMachine):
         done, _ = self.call(ok, caller, self.s.models.setTerms, model_id, 5 * ONE // 1000, share,
                             what=f"setTerms({model_id}, share={share})")  # fmt: skip
         if done:
-            self.share[model_id] = share
+            current = self.share(model_id)
+            if share > current:  # an increase applies only SHARE_INCREASE_DELAY after it is announced
+                self.share_terms[model_id] = [current, share, now() + SHARE_INCREASE_DELAY]
+            else:
+                self.share_terms[model_id] = [share, 0, 0]
+        assert self.s.models.modelTerms(model_id)[1] == self.share(model_id)
+
+    def share(self, model_id: int) -> int:
+        """The revenue share in force now."""
+        share, pending, pending_at = self.share_terms[model_id]
+        return pending if pending_at and now() >= pending_at else share
 
     # -- shared invariants -------------------------------------------------
 
@@ -584,7 +614,7 @@ class JobMarketMachine(Base):
         expected = J.Job(
             requester=requester, model_id=model, input_hash=keccak(text=INPUT_CID), max_payment=max_payment,
             deadline=deadline, priority_provider=priority_addr, priority_until=priority_until,
-            model_owner=self.model_owner[model], revenue_share_bps=self.share[model],
+            model_owner=self.model_owner[model], revenue_share_bps=self.share(model),
             protocol_fee_bps=self.fee_bps[self.market_addr], challenge_window=self.challenge_window,
             bond=max_payment * self.bond_bps // 10_000, state=JobState.OPEN, provider=ZERO_ADDRESS, charge=0,
             output_hash=b"\x00" * 32, window_ends=0,
@@ -857,9 +887,23 @@ class JobMarketMachine(Base):
         boa.env.time_travel(seconds=seconds)
 
     @rule(job_id=jobs, which=st.sampled_from(["deadline", "priority_until", "window_ends"]),
-          delta=st.sampled_from([-1, 0, 1]))  # fmt: skip
-    def warp_to_job_boundary(self, job_id, which, delta):
+          delta=st.sampled_from([-1, 0, 1]), act=st.integers(0, 3), provider_index=st.integers(0, 1))  # fmt: skip
+    def at_job_boundary(self, job_id, which, delta, act, provider_index):
+        """Warps to one second before, at or after one of the job's time limits and tries what that
+        limit guards: off-by-one errors in the contract's comparisons show up here."""
         self._warp_to(getattr(self.job[job_id], which) + delta)
+        job = self.job[job_id]
+        others = [self.a(p) for p in PROVIDERS[:2] if self.a(p) != job.priority_provider]
+        provider = job.provider if job.provider != ZERO_ADDRESS else self.a(PROVIDERS[provider_index])
+        if which == "deadline":
+            [lambda: self._claim(job_id, provider), lambda: self._submit(job_id, provider, job.max_payment // 2),
+             lambda: self._refund_expired(job_id, self.a("outsider")),
+             lambda: self._claim(job_id, job.priority_provider)][act]()
+        elif which == "priority_until":
+            self._claim(job_id, others[act % len(others)] if act < 3 else job.priority_provider)
+        else:
+            [lambda: self._dispute(job_id, job.requester), lambda: self._finalize(job_id, self.a("outsider")),
+             lambda: self._resolve(job_id, self.arbiter, True), lambda: self._finalize(job_id, job.requester)][act]()
 
     # -- rules: stake and governance (one rule each; it draws the action) ---
 
@@ -873,6 +917,11 @@ class JobMarketMachine(Base):
                                                 "deprecate_model2"]))  # fmt: skip
     def governance(self, data, name):
         run_action(self, data, name)
+        m = self.s.market
+        assert (m.protocolFeeBps(), m.treasury(), m.arbiter(), m.challengeWindow(), m.arbitrationWindow(),
+                m.bondBps()) == (self.fee_bps[self.market_addr], self.treasury[self.market_addr], self.arbiter,
+                                 self.challenge_window, self.arbitration_window, self.bond_bps)  # fmt: skip
+        assert self.s.providers.minStake() == self.min_stake
 
 
     @action(who=st.sampled_from(PROVIDERS + ("outsider",)),
@@ -880,6 +929,7 @@ class JobMarketMachine(Base):
     def add_stake(self, who, amount):
         p = self.prov.get(self.a(who))
         ok = p is not None and p["registered"] and amount > 0 and self.bal[self.a(who)] >= amount
+        ok = ok and p["stake"] + amount <= MAX_STAKE
         done, _ = self.call(ok, self.a(who), self.s.providers.addStake, amount, what=f"addStake({who}, {amount})")
         if done:
             p["stake"] += amount
@@ -919,7 +969,7 @@ class JobMarketMachine(Base):
         addr = self.a(who)
         p = self.prov[addr]
         endpoint = "" if empty_endpoint == 0 else f"https://{who}.example"
-        ok = not p["registered"] and endpoint and amount >= self.min_stake and self.bal[addr] >= amount
+        ok = not p["registered"] and endpoint and self.min_stake <= amount <= MAX_STAKE and self.bal[addr] >= amount
         done, _ = self.call(bool(ok), addr, self.s.providers.register, endpoint, f"12D3Koo{who}", amount,
                             what=f"register({who}, {amount})")  # fmt: skip
         if done:
@@ -1069,6 +1119,12 @@ TestJobMarketInvariants = JobMarketMachine.TestCase
 
 PAYERS = ("payer", "payer2", "outsider")
 PAYEES = ("provider", "provider2", "provider3")
+# channels that can hold money (the outsider has no tokens, provider3 is not registered)
+LIVE_PAIRS = (("payer", "provider"), ("payer", "provider2"), ("payer2", "provider"), ("payer2", "provider2"))
+PAIR = st.sampled_from(LIVE_PAIRS + (("payer", "provider"), ("outsider", "provider"), ("payer", "provider3")))
+GOOD_AMOUNTS = ("below", "equal", "above", "above", "above", "deposit", "deposit+")
+GOOD_EXPIRY = st.one_of(st.sampled_from([0, 1, 3_600, 86_400, 8 * 86_400]), st.integers(0, 10 * 86_400))
+DEPOSIT = st.one_of(st.sampled_from([1, 2, 99, ONE]), st.integers(1, 1_000 * ONE))
 
 
 @dataclass(frozen=True)
@@ -1104,9 +1160,10 @@ class EscrowMachine(Base):
         v = sv.voucher
         if t > v.expiry:
             return False
-        if len(sv.signature) not in (64, 65):
-            return v.payer == ZERO_ADDRESS  # _recover_sig returns the zero address for other lengths
-        return sv.by_payer
+        if v.payer == ZERO_ADDRESS:
+            # other signature lengths "recover" the zero address: a voucher from nobody is refused
+            return False
+        return sv.by_payer and len(sv.signature) in (64, 65)
 
     def _redeem_model(self, sv: Signed, out: dict) -> int:
         """Applies one voucher to the model; returns what it pays and adds the split to ``out``."""
@@ -1121,7 +1178,7 @@ class EscrowMachine(Base):
             return 0
         self.redeemed[key] = already + paid
         channel[0] -= paid
-        split = split_payment(paid, self.share[v.model_id], self.fee_bps[self.escrow_addr])
+        split = split_payment(paid, self.share(v.model_id), self.fee_bps[self.escrow_addr])
         owner = self.model_owner[v.model_id]
         provider_amount, owner_amount = split.provider, split.model_owner
         if owner == ZERO_ADDRESS:
@@ -1146,27 +1203,23 @@ class EscrowMachine(Base):
 
     # -- rules: channels -----------------------------------------------------
 
-    @rule(payer=st.sampled_from(PAYERS), provider=st.sampled_from(PAYEES + ("provider",)),
-          amount=st.one_of(st.sampled_from([0, 1, 2, 99, ONE, EXTRA_MINT, EXTRA_MINT + 1]),
-                           st.integers(1, 1_000 * ONE)))  # fmt: skip
-    def deposit(self, payer, provider, amount):
+    def _deposit(self, payer, provider, amount):
         p, q = self.a(payer), self.a(provider)
         ok = amount > 0 and self.registered[q] and self.bal[p] >= amount
+        ok = ok and self.channel[(p, q)][0] + amount <= MAX_CHANNEL_BALANCE
         done, _ = self.call(ok, p, self.s.escrow.deposit, q, amount, what=f"deposit({payer}->{provider}, {amount})")
         if done:
-            self.channel[(p, q)] = [self.channel[(p, q)][0] + amount, 0]
+            self.channel[(p, q)] = [self.channel[(p, q)][0] + amount, 0]  # a deposit cancels a pending withdrawal
             self.pay(p, self.escrow_addr, amount)
 
-    @rule(payer=st.sampled_from(PAYERS), provider=st.sampled_from(PAYEES))
-    def request_withdrawal(self, payer, provider):
+    def _request_withdrawal(self, payer, provider):
         p, q = self.a(payer), self.a(provider)
         ok = self.channel[(p, q)][0] > 0
         done, _ = self.call(ok, p, self.s.escrow.requestWithdrawal, q, what=f"requestWithdrawal({payer}->{provider})")
         if done:
             self.channel[(p, q)][1] = now() + self.timelock
 
-    @rule(payer=st.sampled_from(PAYERS), provider=st.sampled_from(PAYEES))
-    def withdraw(self, payer, provider):
+    def _withdraw(self, payer, provider):
         p, q = self.a(payer), self.a(provider)
         balance, unlock_at = self.channel[(p, q)]
         ok = unlock_at != 0 and now() >= unlock_at
@@ -1175,7 +1228,49 @@ class EscrowMachine(Base):
             self.channel[(p, q)] = [0, 0]
             self.pay(self.escrow_addr, p, balance)
 
+    @initialize(pairs=st.lists(st.sampled_from(LIVE_PAIRS), min_size=1, max_size=4, unique=True), amount=DEPOSIT)
+    def first_deposits(self, pairs, amount):
+        for pair in pairs:
+            self._deposit(*pair, amount)
+
+    @rule(pair=PAIR, amount=st.one_of(DEPOSIT, st.sampled_from([0, EXTRA_MINT, EXTRA_MINT + 1])))
+    def deposit(self, pair, amount):
+        self._deposit(*pair, amount)
+
+    @rule(pair=PAIR)
+    def request_withdrawal(self, pair):
+        self._request_withdrawal(*pair)
+
+    @rule(pair=PAIR)
+    def withdraw(self, pair):
+        self._withdraw(*pair)
+
+    @rule(pair=st.sampled_from(LIVE_PAIRS), delta=st.sampled_from([-1, 0, 0, 1]), request=st.booleans(),
+          amount=DEPOSIT)  # fmt: skip
+    def withdraw_after_timelock(self, pair, delta, request, amount):
+        """(Deposit into an empty channel, request a withdrawal,) warp to one second before, at or
+        after the unlock time, withdraw."""
+        if not self.channel[(self.a(pair[0]), self.a(pair[1]))][0]:
+            self._deposit(*pair, amount)
+        if request or not self.channel[(self.a(pair[0]), self.a(pair[1]))][1]:
+            self._request_withdrawal(*pair)
+        unlock_at = self.channel[(self.a(pair[0]), self.a(pair[1]))][1]
+        if unlock_at and unlock_at + delta > now():
+            boa.env.time_travel(seconds=unlock_at + delta - now())
+        self._withdraw(*pair)
+
     # -- rules: vouchers -----------------------------------------------------
+
+    @initialize(target=vouchers, pair=st.sampled_from(LIVE_PAIRS), kind=st.sampled_from(GOOD_AMOUNTS),
+                x=st.integers(0, 2**64), expiry=GOOD_EXPIRY)  # fmt: skip
+    def first_voucher(self, pair, kind, x, expiry):
+        return self._sign(*pair, 0, kind, x, expiry, "payer")
+
+    @rule(target=vouchers, pair=st.sampled_from(LIVE_PAIRS), model=st.sampled_from([0, 0, 0, 1]),
+          kind=st.sampled_from(GOOD_AMOUNTS), x=st.integers(0, 2**64), expiry=GOOD_EXPIRY)  # fmt: skip
+    def sign_good(self, pair, model, kind, x, expiry):
+        """A voucher a well-behaved payer signs: its own key, a live channel, an expiry ahead."""
+        return self._sign(*pair, model, kind, x, expiry, "payer")
 
     @rule(
         target=vouchers,
@@ -1185,9 +1280,14 @@ class EscrowMachine(Base):
         kind=st.sampled_from(["below", "equal", "above", "above", "deposit", "deposit+", "random", "zero", "huge"]),
         x=st.integers(0, 2**64),
         expiry=st.one_of(st.sampled_from([-100, -1, 0, 1, 60, 3_600, 86_400, 8 * 86_400]), st.integers(-10, 10**6)),
-        signer=st.sampled_from(["payer"] * 6 + ["other", "garbage", "compact", "high_s", "empty"]),
+        signer=st.sampled_from(["payer"] * 4 + ["other", "garbage", "compact", "high_s", "empty"]),
     )
     def sign(self, payer, provider, model, kind, x, expiry, signer):
+        """Any voucher: lower or higher than before, above the deposit, expired, signed by the wrong key,
+        malformed, in EIP-2098 compact form, with the malleable high-s twin, or from nobody."""
+        return self._sign(payer, provider, model, kind, x, expiry, signer)
+
+    def _sign(self, payer, provider, model, kind, x, expiry, signer):
         p, q, m = self.a(payer), self.a(provider), self.models[model]
         key = (p, q, m)
         top, already, balance = self.max_signed[key], self.redeemed[key], self.channel[(p, q)][0]
@@ -1196,6 +1296,7 @@ class EscrowMachine(Base):
             "deposit": already + balance, "deposit+": already + balance + 1 + x % 100, "random": x,
             "zero": 0, "huge": UINT256_MAX,
         }[kind]  # fmt: skip
+        amount = min(amount, UINT256_MAX)
         if signer == "empty":
             p = ZERO_ADDRESS  # a voucher "from" the zero address with no signature at all
         voucher = Voucher(p, q, m, amount, max(0, now() + expiry))
@@ -1252,6 +1353,8 @@ class EscrowMachine(Base):
           mismatch=st.integers(0, 19), who=st.sampled_from(["provider", "outsider"]))  # fmt: skip
     def redeem_batch(self, provider, picks, mismatch, who):
         q = self.a(provider)
+        if mismatch != 1:  # mostly vouchers of this provider; now and then one of another
+            picks = [sv for sv in picks if sv.voucher.provider == q]
         for sv in picks:
             self._after_signing(sv)
         signatures = [sv.signature for sv in picks]
@@ -1289,11 +1392,13 @@ class EscrowMachine(Base):
         if target > now():
             boa.env.time_travel(seconds=target - now())
 
-    @rule(payer=st.sampled_from(PAYERS[:2]), provider=st.sampled_from(PAYEES[:2]), delta=st.sampled_from([-1, 0]))
-    def warp_to_unlock(self, payer, provider, delta):
-        target = self.channel[(self.a(payer), self.a(provider))][1] + delta
-        if target > now():
-            boa.env.time_travel(seconds=target - now())
+    @rule(data=st.data(), name=st.sampled_from(["set_protocol_fee", "set_treasury", "set_withdraw_timelock",
+                                                "set_revenue_share", "set_revenue_share"]))  # fmt: skip
+    def governance(self, data, name):
+        run_action(self, data, name)
+        e = self.s.escrow
+        assert (e.protocolFeeBps(), e.treasury(), e.withdrawTimelock()) == (
+            self.fee_bps[self.escrow_addr], self.treasury[self.escrow_addr], self.timelock)
 
     @action(who=st.sampled_from(["deployer", "deployer", "outsider"]),
           fee=st.one_of(st.sampled_from([0, 1, 250, 1_000, 1_001]), st.integers(0, 1_000)))  # fmt: skip
