@@ -86,7 +86,7 @@ class Job:
         return cls(
             requester=to_checksum_address(args["requester"]),
             model_id=args["modelId"],
-            input_hash=bytes(args["inputHash"]),
+            input_hash=as_bytes32(args["inputHash"]),
             max_payment=args["maxPayment"],
             deadline=args["deadline"],
             priority_provider=to_checksum_address(args["priorityProvider"]),
@@ -108,6 +108,11 @@ class JobTransitionError(ValueError):
     """A transition the contract would refuse; the message names the rule."""
 
 
+def as_bytes32(value: bytes | str) -> bytes:
+    """Event values arrive as bytes (web3) or 0x-hex strings (the indexer's JSON)."""
+    return bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
+
+
 def claimed(job: Job, provider: str) -> Job:
     _require(job.state is JobState.OPEN, "job is not open")
     return replace(job, state=JobState.CLAIMED, provider=to_checksum_address(provider))
@@ -116,7 +121,7 @@ def claimed(job: Job, provider: str) -> Job:
 def submitted(job: Job, output_hash: bytes, charge: int, challenge_ends: int) -> Job:
     _require(job.state is JobState.CLAIMED, "job is not claimed")
     _require(charge <= job.max_payment, "charge above maxPayment")
-    return replace(job, state=JobState.SUBMITTED, output_hash=bytes(output_hash), charge=charge, window_ends=challenge_ends)
+    return replace(job, state=JobState.SUBMITTED, output_hash=as_bytes32(output_hash), charge=charge, window_ends=challenge_ends)
 
 
 def disputed(job: Job, arbitration_ends: int) -> Job:
