@@ -36,16 +36,34 @@ class EventDecoder:
     def decode(self, topics: list[str], data: str) -> dict[str, Any]:
         if len(topics) != len(self.indexed) + 1:
             raise DecodeError(f"{self.name}: expected {len(self.indexed) + 1} topics, got {len(topics)}")
+        # NOTE: sizes are checked here, not left to eth_abi: a process that imports ape
+        # (its pytest plugin, for one) re-registers a uint decoder that pads short input
+        # instead of raising, which would turn a truncated log into wrong values.
+        raw_topics = [_hex_bytes(self.name, f"topic {name}", topic) for (name, _), topic in zip(self.indexed, topics[1:])]
+        raw_data = _hex_bytes(self.name, "data", data)
+        if any(len(raw) != 32 for raw in raw_topics):
+            raise DecodeError(f"{self.name}: topics must be 32 bytes, got {[len(raw) for raw in raw_topics]}")
+        if len(raw_data) % 32 or len(raw_data) < 32 * len(self.data_types):
+            raise DecodeError(f"{self.name}: {len(raw_data)} bytes of data cannot hold {len(self.data_types)} values")
         args: dict[str, Any] = {}
-        for (name, typ), topic in zip(self.indexed, topics[1:]):
-            args[name] = _jsonable(typ, decode([typ], bytes.fromhex(topic[2:]))[0])
-        try:
-            values = decode(list(self.data_types), bytes.fromhex(data[2:]))
-        except Exception as exc:  # NOTE: eth_abi raises several unrelated types on bad input
-            raise DecodeError(f"{self.name}: data does not decode: {exc}") from None
+        try:  # NOTE: eth_abi raises several unrelated types on bad input
+            for (name, typ), raw in zip(self.indexed, raw_topics):
+                args[name] = _jsonable(typ, decode([typ], raw)[0])
+            values = decode(list(self.data_types), raw_data)
+        except Exception as exc:
+            raise DecodeError(f"{self.name}: log does not decode: {exc}") from None
         for name, typ, value in zip(self.data_names, self.data_types, values):
             args[name] = _jsonable(typ, value)
         return args
+
+
+def _hex_bytes(event: str, what: str, value: Any) -> bytes:
+    if isinstance(value, str) and value[:2].lower() == "0x":
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+    raise DecodeError(f"{event}: {what} is not 0x-prefixed hex: {str(value)[:80]!r}")
 
 
 def _jsonable(typ: str, value: Any) -> Any:

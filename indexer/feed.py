@@ -61,5 +61,10 @@ class JobFeed:
         key = str(doc["job_id"])
         if await asyncio.to_thread(store.delivered, self.consumer, self.chain_id, key):
             return
-        yield doc
+        # NOTE: a change-log entry (or a backlog row the consumer took a while to reach) may be
+        # older than the job: one claimed, cancelled or reorged away since is not open any more.
+        current = await asyncio.to_thread(store.get_entity, self.chain_id, "job", key)
+        if current is None or not self.matches(current.doc):
+            return
+        yield current.doc
         await asyncio.to_thread(store.mark_delivered, self.consumer, self.chain_id, key)
