@@ -269,7 +269,8 @@ def test_walk_covers_every_block_exactly_once_whatever_fails(start, length, plan
     steps = 0
     while not walk.done:
         steps += 1
-        assert steps < 1_000, "the walk must end"
+        # NOTE: at worst 40 failed tries, then ranges of min_span blocks (a learnt cap may be that small)
+        assert steps <= 41 + length // planner.min_span + 1, "the walk must end"
         low, high = walk.current
         assert start <= low <= high <= end
         assert low == walk.next_block
