@@ -78,6 +78,15 @@ class Ingestor:
                 log.warning("indexer step failed (%s): %s; retrying in %.2f s", kind, exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:  # NOTE: a database outage or a bug: keep the process up, retry with backoff
+                self.metrics.step_failures.inc()
+                log.exception("indexer step failed; nothing was committed; retrying in %.2f s", backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                try:
+                    self.store.reconnect()
+                except Exception:
+                    log.exception("reconnecting to the database failed; will retry")
 
     def stop(self) -> None:
         self._stop.set()

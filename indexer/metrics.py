@@ -14,6 +14,7 @@ class IndexerMetrics:
         self.reorgs = Counter("nodeai_indexer_reorgs", "Chain reorganisations handled", registry=self.registry)
         self.reorg_depth = Gauge("nodeai_indexer_last_reorg_depth_blocks", "Depth of the last reorg", registry=self.registry)
         self.rpc_errors = Counter("nodeai_indexer_rpc_errors", "JSON-RPC errors by kind", ["kind"], registry=self.registry)
+        self.step_failures = Counter("nodeai_indexer_step_failures", "Ingest steps that failed for a non-RPC reason (database, bug)", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
