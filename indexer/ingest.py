@@ -105,11 +105,16 @@ class Ingestor:
                 self.store.set_head(self.chain_id, head)
             return False
         end = min(head, cursor.height + self.config.max_blocks_per_step)
-        for start, stop, logs in fetch_logs(self.pool, self.planner, cursor.height + 1, end, self.codec.addresses):
+        for start, stop, logs in fetch_logs(self.pool, self.planner, cursor.height + 1, end, self.codec.addresses,
+                                            learned=self._learn):
             cursor = self._ingest_range(cursor, start, stop, logs, head)
             if cursor is None:  # a reorg was found and reverted
                 return True
         return True
+
+    def _learn(self, planner: RangePlanner) -> None:
+        # NOTE: keeps a provider's range cap (and the grown span) across steps
+        self.planner = planner
 
     # -- one range ---------------------------------------------------------------------------------
     def _ingest_range(self, cursor: Cursor, start: int, stop: int, logs: list[dict], head: int) -> Cursor | None:

@@ -545,7 +545,8 @@ class RpcPool:
 
 
 def fetch_logs(
-    pool: RpcPool, planner: RangePlanner, start: int, end: int, addresses: Sequence[str]
+    pool: RpcPool, planner: RangePlanner, start: int, end: int, addresses: Sequence[str],
+    learned: Callable[[RangePlanner], None] | None = None,
 ) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
     """Fetch the logs of ``[start, end]``: one ``(from, to, logs)`` per successful range, in order.
 
@@ -554,6 +555,8 @@ def fetch_logs(
     same start is fetched again; other errors (the pool has already retried
     them) and a range error on a range that cannot shrink raise. A range of
     ``min_span`` blocks that times out is retried like any other request.
+    ``learned`` receives the planner after every adjustment, so a caller keeps
+    what it learnt (a provider's range cap) for its next call.
     """
     walk = RangeWalk(start, end, planner)
     while not walk.done:
@@ -569,7 +572,11 @@ def fetch_logs(
                     "this cap, or watch fewer contracts per request", url=err.url, method=err.method, code=err.code,
                 ) from err  # fmt: skip
             walk = walk.after_error(err.kind, err.detail)
+            if learned:
+                learned(walk.planner)
             log.info("eth_getLogs %d..%d: %s; next span %d", low, high, err.kind.value, walk.planner.span)
             continue
-        yield low, high, logs
         walk = walk.after_success(len(logs))
+        if learned:
+            learned(walk.planner)
+        yield low, high, logs
