@@ -100,8 +100,40 @@ def run(rpc_url: str) -> None:
     print(f"   escrow contracts hold: JobMarket {fmt(m.balance(m.market.address))}, "
           f"InferenceEscrow {fmt(m.balance(m.escrow.address))}")
     assert settled["providerAmount"] == expected.provider, "settlement split differs from the protocol's rule"
+    show_indexer_view(rpc_url, deployment)
     print(f"== done: {len(gas)} transactions, {sum(g for _, g in gas):,} gas in all")
     print("   next: .venv/bin/python scripts/bench/gas.py for the gas report; README.md for the test suite")
+
+
+def show_indexer_view(rpc_url: str, deployment) -> None:
+    """What a dApp sees: the indexer rebuilds the marketplace from the chain's events alone."""
+    import tempfile
+
+    from nodeai.indexer.ingest import IngestConfig, Ingestor
+    from nodeai.indexer.rpc import RpcPool
+    from nodeai.indexer.store import open_store
+
+    print("== 8. the indexer's view, rebuilt from events alone (SQLite)")
+    with tempfile.TemporaryDirectory() as folder:
+        store = open_store(f"sqlite:///{folder}/indexer.db")
+        store.migrate()
+        ingestor = Ingestor(RpcPool([rpc_url], deployment.chain_id), store, deployment, IngestConfig(confirmations=0))
+        while ingestor.step():
+            pass
+        print(f"   {store.count_events(deployment.chain_id)} events indexed up to block {store.cursor(deployment.chain_id).height}")
+        for kind in ("model", "provider", "job", "channel", "receipt_batch"):
+            for entity in store.list_entities(deployment.chain_id, kind):
+                doc = entity.doc
+                summary = {
+                    "model": lambda: f"v{doc['version']} {doc['artifact_cid'][:16]}… share {doc['revenue_share_bps']} bps",
+                    "provider": lambda: f"stake {fmt(doc['stake'])}, {doc['jobs_completed']} job(s) completed",
+                    "job": lambda: f"{doc['state']}, charge {fmt(doc['charge'])}, output {doc['output_cid'][:16]}…",
+                    "channel": lambda: f"balance {fmt(doc['balance'])}, redeemed {fmt(doc['total_redeemed'])}",
+                    "receipt_batch": lambda: f"{doc['count']} receipts, {fmt(doc['amount'])}",
+                }[kind]()
+                print(f"   {kind:<13} {entity.key[:24]:<24} {summary}")
+        store.close()
+    print("   serve it: .venv/bin/python -m nodeai.indexer --deployments deployments/31337.json --rpc-url URL")
 
 
 def main(argv: list[str] | None = None) -> int:

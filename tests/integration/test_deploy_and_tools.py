@@ -54,7 +54,7 @@ def test_demo_runs_end_to_end_and_stops_anvil():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for expected in ("createJob", "claimJob", "submitResult", "finalize", "redeem voucher", "commitReceipts",
-                     "receipt #42 proven on chain: True", "final balances", "stopped anvil"):
+                     "receipt #42 proven on chain: True", "final balances", "the indexer's view", "SETTLED", "stopped anvil"):
         assert expected in out, f"demo output lacks {expected!r}"
 
 
