@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nodeai.chain.deploy import Deployment
+from nodeai.chain.deployments import Deployment
 from nodeai.errors import NodeAIError
 from nodeai.indexer.ingest import IngestConfig, Ingestor
 from nodeai.indexer.metrics import IndexerMetrics

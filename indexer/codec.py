@@ -14,7 +14,7 @@ from typing import Any
 from eth_abi import decode
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 
-from nodeai.chain.deploy import Deployment
+from nodeai.chain.deployments import Deployment
 
 # NOTE: the payment token is not a protocol contract: its Transfer/Approval
 # events are not indexed.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from eth_bloom import BloomFilter
 from eth_utils import to_bytes
 
-from nodeai.chain.deploy import Deployment
+from nodeai.chain.deployments import Deployment
 from nodeai.indexer.codec import DecodeError, LogCodec
 from nodeai.indexer.metrics import IndexerMetrics
 from nodeai.indexer.projections import apply, entity_of, rebuild_entity

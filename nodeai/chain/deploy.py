@@ -21,9 +21,8 @@ import getpass
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -31,9 +30,9 @@ from web3 import Web3
 
 from nodeai.chain.anvil import ANVIL_KEYS, LOCAL_CHAIN_ID
 from nodeai.chain.artifacts import REPO_ROOT, load_artifact
-from nodeai.errors import ChainIdMismatch, DeploymentNotFound, NodeAIError
+from nodeai.chain.deployments import DEPLOYMENTS_DIR, Deployment, token_name  # noqa: F401  (re-exported)
+from nodeai.errors import NodeAIError
 
-DEPLOYMENTS_DIR = REPO_ROOT / "deployments"
 
 
 @dataclass(frozen=True)
@@ -49,43 +48,6 @@ class DeployParams:
     arbitration_window: int = 86_400
     bond_bps: int = 2_000
     withdraw_timelock: int = 86_400
-
-
-@dataclass
-class Deployment:
-    chain_id: int
-    deploy_block: int
-    deployer: str
-    params: dict[str, Any]
-    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def address(self, name: str) -> str:
-        return self.contracts[name]["address"]
-
-    def contract(self, w3: Web3, name: str):
-        """A web3 contract object for ``name`` (e.g. ``"JobMarket"``)."""
-        entry = self.contracts[name]
-        return w3.eth.contract(address=entry["address"], abi=entry["abi"])
-
-    def save(self, directory: Path = DEPLOYMENTS_DIR) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.chain_id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, chain_id: int, directory: Path = DEPLOYMENTS_DIR) -> "Deployment":
-        path = directory / f"{chain_id}.json"
-        if not path.is_file():
-            raise DeploymentNotFound(str(path), chain_id)
-        return cls(**json.loads(path.read_text()))
-
-    def check_chain(self, w3: Web3, rpc_url: str = "the RPC") -> None:
-        actual = w3.eth.chain_id
-        if actual != self.chain_id:
-            raise ChainIdMismatch(self.chain_id, actual, rpc_url)
 
 
 def deploy_suite(w3: Web3, deployer: LocalAccount, params: DeployParams, token: str | None = None,
@@ -134,10 +96,6 @@ def deploy_suite(w3: Web3, deployer: LocalAccount, params: DeployParams, token: 
     log("authorized JobMarket to bond and slash provider stake")
     deployment.params["token"] = token
     return deployment
-
-
-def token_name(deployment: Deployment) -> str:
-    return "TestToken" if "TestToken" in deployment.contracts else "Token"
 
 
 def _load_key(args: argparse.Namespace, chain_id: int) -> LocalAccount:

@@ -13,6 +13,7 @@ definition of the lifecycle:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import astuple, dataclass, fields, replace  # noqa: F401  (replace is re-exported)
 from enum import IntEnum
 from typing import Any, Mapping
@@ -21,6 +22,10 @@ from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+# NOTE: the indexer folds thousands of JobCreated events a second; the same few
+# addresses recur, and checksumming is the costliest step of building a Job.
+_checksum = functools.lru_cache(maxsize=4_096)(to_checksum_address)
 
 
 class JobState(IntEnum):
@@ -84,14 +89,14 @@ class Job:
     def from_created(cls, args: Mapping[str, Any]) -> "Job":
         """The struct of a new job, from the arguments of its ``JobCreated`` event."""
         return cls(
-            requester=to_checksum_address(args["requester"]),
+            requester=_checksum(args["requester"]),
             model_id=args["modelId"],
             input_hash=as_bytes32(args["inputHash"]),
             max_payment=args["maxPayment"],
             deadline=args["deadline"],
-            priority_provider=to_checksum_address(args["priorityProvider"]),
+            priority_provider=_checksum(args["priorityProvider"]),
             priority_until=args["priorityUntil"],
-            model_owner=to_checksum_address(args["modelOwner"]),
+            model_owner=_checksum(args["modelOwner"]),
             revenue_share_bps=args["revenueShareBps"],
             protocol_fee_bps=args["protocolFeeBps"],
             challenge_window=args["challengeWindow"],
@@ -115,7 +120,7 @@ def as_bytes32(value: bytes | str) -> bytes:
 
 def claimed(job: Job, provider: str) -> Job:
     _require(job.state is JobState.OPEN, "job is not open")
-    return replace(job, state=JobState.CLAIMED, provider=to_checksum_address(provider))
+    return replace(job, state=JobState.CLAIMED, provider=_checksum(provider))
 
 
 def submitted(job: Job, output_hash: bytes, charge: int, challenge_ends: int) -> Job:
