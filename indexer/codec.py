@@ -8,6 +8,7 @@ Values come out JSON-ready: addresses checksummed, bytes as 0x-hex, ints as ints
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,13 @@ def _hex_bytes(event: str, what: str, value: Any) -> bytes:
     raise DecodeError(f"{event}: {what} is not 0x-prefixed hex: {str(value)[:80]!r}")
 
 
+# NOTE: checksumming is ~40 % of decoding and the same few addresses recur in every block.
+_checksum = functools.lru_cache(maxsize=65_536)(to_checksum_address)
+
+
 def _jsonable(typ: str, value: Any) -> Any:
     if typ == "address":
-        return to_checksum_address(value)
+        return _checksum(value)
     if isinstance(value, bytes):
         return "0x" + value.hex()
     return value

@@ -12,9 +12,12 @@ above it and re-ingests.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator, TypeVar
 
 from eth_bloom import BloomFilter
 from eth_utils import to_bytes
@@ -29,6 +32,52 @@ from nodeai.indexer.rpc import RpcError, RpcPool, fetch_logs
 from nodeai.indexer.store import Batch, Cursor, Entity, EventRow, Store
 
 log = logging.getLogger("nodeai.indexer")
+T = TypeVar("T")
+
+
+@contextmanager
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
+    """Iterate ``items`` while a thread fetches up to ``depth`` ahead.
+
+    The next ``eth_getLogs`` range is read (the node works in its own process)
+    while this one is decoded and committed; errors reach the consumer at the
+    item where they happened. Leaving the block early stops the thread.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as exc:  # NOTE: handed to the consumer, raised there
+            buffer.put((done, exc))
+
+    def consume() -> Iterator[T]:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+
+    worker = threading.Thread(target=produce, name="prefetch-logs", daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        worker.join(timeout=30)
 
 
 class InconsistentChain(Exception):
@@ -105,11 +154,12 @@ class Ingestor:
                 self.store.set_head(self.chain_id, head)
             return False
         end = min(head, cursor.height + self.config.max_blocks_per_step)
-        for start, stop, logs in fetch_logs(self.pool, self.planner, cursor.height + 1, end, self.codec.addresses,
-                                            learned=self._learn):
-            cursor = self._ingest_range(cursor, start, stop, logs, head)
-            if cursor is None:  # a reorg was found and reverted
-                return True
+        ranges = fetch_logs(self.pool, self.planner, cursor.height + 1, end, self.codec.addresses, learned=self._learn)
+        with prefetched(ranges) as ranges:
+            for start, stop, logs in ranges:
+                cursor = self._ingest_range(cursor, start, stop, logs, head)
+                if cursor is None:  # a reorg was found and reverted
+                    return True
         return True
 
     def _learn(self, planner: RangePlanner) -> None:
