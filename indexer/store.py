@@ -101,6 +101,14 @@ class Batch:
     cursor: Cursor | None = None
 
 
+# NOTE: the column order EventRow's fields follow; every event read selects these.
+EVENT_COLUMNS = "block_number, log_index, block_hash, tx_hash, contract, name, args, kind, entity_key"
+
+
+def _event_rows(rows: Iterable[tuple]) -> list[EventRow]:
+    return [EventRow(b, i, bh, tx, c, n, json.loads(a), k, ek) for b, i, bh, tx, c, n, a, k, ek in rows]
+
+
 def sort_key(kind: str, key: str) -> str:
     # NOTE: numeric ids sort as numbers (job 10 after job 9) in both databases.
     return key.zfill(30) if key.isdigit() else key
@@ -253,7 +261,7 @@ class Store:
         with self.transaction() as cur:
             if batch.events:
                 self._insert_rows(
-                    cur, "events", "chain_id, block_number, log_index, block_hash, tx_hash, contract, name, args, kind, entity_key",
+                    cur, "events", f"chain_id, {EVENT_COLUMNS}",
                     [(chain_id, e.block_number, e.log_index, e.block_hash, e.tx_hash, e.contract, e.name,
                       json.dumps(e.args), e.kind, e.key) for e in batch.events],
                     " ON CONFLICT (chain_id, block_number, log_index) DO NOTHING",
@@ -349,12 +357,12 @@ class Store:
             for kind, key in touched:
                 cur.execute(
                     self._sql(
-                        "SELECT block_number, log_index, block_hash, tx_hash, contract, name, args, kind, entity_key FROM events"
+                        f"SELECT {EVENT_COLUMNS} FROM events"
                         " WHERE chain_id = ? AND kind = ? AND entity_key = ? ORDER BY block_number, log_index"
                     ),
                     (chain_id, kind, key),
                 )
-                events = [EventRow(b, i, bh, tx, c, n, json.loads(a), k, ek) for b, i, bh, tx, c, n, a, k, ek in cur.fetchall()]
+                events = _event_rows(cur.fetchall())
                 entity = rebuild(kind, key, events)
                 if entity is None:
                     cur.execute(self._sql("DELETE FROM entities WHERE chain_id = ? AND kind = ? AND key = ?"), (chain_id, kind, key))
@@ -395,14 +403,14 @@ class Store:
 
     def history(self, chain_id: int, kind: str, key: str) -> list[EventRow]:
         rows = self._query(
-            "SELECT block_number, log_index, block_hash, tx_hash, contract, name, args, kind, entity_key FROM events"
+            f"SELECT {EVENT_COLUMNS} FROM events"
             " WHERE chain_id = ? AND kind = ? AND entity_key = ? ORDER BY block_number, log_index",
             (chain_id, kind, key),
         )
-        return [EventRow(b, i, bh, tx, c, n, json.loads(a), k, ek) for b, i, bh, tx, c, n, a, k, ek in rows]
+        return _event_rows(rows)
 
     def events(self, chain_id: int, name: str | None = None, limit: int = 100, after: tuple[int, int] | None = None) -> list[EventRow]:
-        sql = ("SELECT block_number, log_index, block_hash, tx_hash, contract, name, args, kind, entity_key FROM events"
+        sql = (f"SELECT {EVENT_COLUMNS} FROM events"
                " WHERE chain_id = ?")  # fmt: skip
         params: list[Any] = [chain_id]
         if name:
@@ -413,7 +421,7 @@ class Store:
             params += [after[0], after[0], after[1]]
         sql += " ORDER BY block_number, log_index LIMIT ?"
         params.append(limit)
-        return [EventRow(b, i, bh, tx, c, n, json.loads(a), k, ek) for b, i, bh, tx, c, n, a, k, ek in self._query(sql, params)]
+        return _event_rows(self._query(sql, params))
 
     def count_events(self, chain_id: int) -> int:
         return self._query("SELECT COUNT(*) FROM events WHERE chain_id = ?", (chain_id,))[0][0]
