@@ -125,6 +125,24 @@ def suite(_module_suite):
         yield _module_suite
 
 
+PROVIDER_FIELDS = (
+    "registered", "stake", "bonded", "unbonding", "unbondingReadyAt",
+    "jobsCompleted", "jobsFailed", "disputesLost", "totalSlashed",
+)  # fmt: skip
+
+
+def provider_info(s: Suite, who: Actor | str) -> dict:
+    """ProviderRegistry.providers(who) as a dict keyed by the struct's field names."""
+    address = who if isinstance(who, str) else who.address
+    return dict(zip(PROVIDER_FIELDS, s.providers.providers(address)))
+
+
+def call_as(who: Actor | str, fn, *args):
+    """Call ``fn(*args)`` with ``who`` (an actor or an address) as msg.sender."""
+    with boa.env.prank(who if isinstance(who, str) else who.address):
+        return fn(*args)
+
+
 def now() -> int:
     return boa.env.evm.patch.timestamp
 

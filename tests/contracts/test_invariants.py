@@ -60,6 +60,7 @@ from .conftest import (
     ONE,
     OUTPUT_CID,
     PROTOCOL_FEE_BPS,
+    PROVIDER_FIELDS,
     REVENUE_SHARE_BPS,
     UNBONDING_DELAY,
     WITHDRAW_TIMELOCK,
@@ -472,8 +473,6 @@ class Base(RuleBasedStateMachine):
 # Machine 1: JobMarket + ProviderRegistry stake.
 # ---------------------------------------------------------------------------
 
-PROVIDER_FIELDS = ("registered", "stake", "bonded", "unbonding", "unbondingReadyAt", "jobsCompleted", "jobsFailed",
-                   "disputesLost", "totalSlashed")  # fmt: skip
 PROVIDERS = ("provider", "provider2", "provider3")
 CALLERS = ("deployer", "arbiter", "arbiter2", "publisher", "provider", "provider2", "provider3", "requester",
            "requester2", "outsider")  # fmt: skip

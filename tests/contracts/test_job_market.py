@@ -33,8 +33,10 @@ from tests.contracts.conftest import (
     REVENUE_SHARE_BPS,
     JobDriver,
     actor,
+    call_as,
     last_event,
     now,
+    provider_info,
     warp,
 )
 
@@ -45,17 +47,9 @@ MAX_BOND_BPS = 50_000
 # product the market computes (bond, fee, revenue share) then fits in uint256.
 MAX_PAYMENT_CAP = MAX_UINT256 // MAX_BOND_BPS
 OUTPUT_HASH = b"\x11" * 32
-PROVIDER_FIELDS = (
-    "registered", "stake", "bonded", "unbonding", "unbondingReadyAt",
-    "jobsCompleted", "jobsFailed", "disputesLost", "totalSlashed",
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def provider_info(s, who) -> dict:
-    return dict(zip(PROVIDER_FIELDS, s.providers.providers(who.address)))
 
 
 def balances(s, *who) -> dict:
@@ -120,11 +114,6 @@ def create_raw(s, sender=None, model_id=None, cid=INPUT_CID, max_payment=10 * ON
 def submit_raw(s, driver, job_id, sender=None, cid=OUTPUT_CID, output_hash=OUTPUT_HASH, usage=1, charge=4 * ONE):
     with boa.env.prank((sender or s.provider).address):
         s.market.submitResult(job_id, driver.jobs[job_id].as_tuple(), cid, output_hash, usage, charge)
-
-
-def call_as(who, fn, *args):
-    with boa.env.prank(who.address):
-        return fn(*args)
 
 
 def assert_commitment(s, driver, job_id) -> None:

@@ -21,26 +21,19 @@ from tests.contracts.conftest import (
     ONE,
     UNBONDING_DELAY,
     actor,
+    call_as,
     last_event,
     now,
+    provider_info,
     warp,
 )
 
 DAY = 86_400
 MAX_UINT256 = 2**256 - 1
 STAKE = 1_000 * ONE  # what the suite staked for provider and provider2
-PROVIDER_FIELDS = (
-    "registered", "stake", "bonded", "unbonding", "unbondingReadyAt",
-    "jobsCompleted", "jobsFailed", "disputesLost", "totalSlashed",
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def info(s, who) -> dict:
-    address = who if isinstance(who, str) else who.address
-    return dict(zip(PROVIDER_FIELDS, s.providers.providers(address)))
 
 
 def event(s, name: str) -> dict:
@@ -48,11 +41,6 @@ def event(s, name: str) -> dict:
     args = last_event(s.providers, name)
     assert args.pop("address") == s.providers.address
     return args
-
-
-def call_as(who, fn, *args):
-    with boa.env.prank(who if isinstance(who, str) else who.address):
-        return fn(*args)
 
 
 def fund(s, who, amount: int, approve: bool = True) -> None:
@@ -71,7 +59,7 @@ def fresh(s, name: str = "fresh", amount: int = 10_000 * ONE, approve: bool = Tr
 
 def registry_balance_matches_stakes(s, *who) -> bool:
     """The registry's token balance is the sum of stake + unbonding over providers."""
-    total = sum(info(s, w)["stake"] + info(s, w)["unbonding"] for w in who)
+    total = sum(provider_info(s, w)["stake"] + provider_info(s, w)["unbonding"] for w in who)
     return s.token.balanceOf(s.providers.address) == total
 
 
@@ -99,7 +87,7 @@ def test_register_stakes_and_records_endpoint(suite):
     assert s.providers.isRegistered(who.address)
     assert s.providers.endpoint(who.address) == "https://fresh.example/v1"
     assert s.providers.peerId(who.address) == "12D3KooWfresh"
-    assert info(s, who) == {
+    assert provider_info(s, who) == {
         "registered": True, "stake": 250 * ONE, "bonded": 0, "unbonding": 0, "unbondingReadyAt": 0,
         "jobsCompleted": 0, "jobsFailed": 0, "disputesLost": 0, "totalSlashed": 0,
     }  # fmt: skip
@@ -117,7 +105,7 @@ def test_register_twice_reverts(suite):
     call_as(who, s.providers.register, "https://fresh.example", "peer", MIN_STAKE)
     with boa.reverts("providers: already registered"):
         call_as(who, s.providers.register, "https://fresh.example", "peer", MIN_STAKE)
-    assert info(s, who)["stake"] == MIN_STAKE
+    assert provider_info(s, who)["stake"] == MIN_STAKE
 
 
 def test_register_empty_endpoint_reverts(suite):
@@ -137,7 +125,7 @@ def test_register_stake_below_min_reverts(suite):
         with boa.reverts("providers: stake below minStake"):
             call_as(who, s.providers.register, "https://fresh.example", "peer", amount)
     call_as(who, s.providers.register, "https://fresh.example", "peer", MIN_STAKE)
-    assert info(s, who)["stake"] == MIN_STAKE
+    assert provider_info(s, who)["stake"] == MIN_STAKE
 
 
 def test_register_without_allowance_or_balance_reverts(suite):
@@ -218,7 +206,7 @@ def test_set_model_price_zero_stops_serving(suite, driver):
         driver.claim(job_id)
     call_as(s.provider, s.providers.setModelPrice, s.model_id, 1)  # serving again
     driver.claim(job_id)
-    assert info(s, s.provider)["bonded"] == driver.jobs[job_id].bond
+    assert provider_info(s, s.provider)["bonded"] == driver.jobs[job_id].bond
 
 
 # --------------------------------------------------------------------------- addStake
@@ -229,7 +217,7 @@ def test_add_stake(suite):
     before = s.token.balanceOf(s.provider.address)
     call_as(s.provider, s.providers.addStake, 5 * ONE)
     assert event(s, "StakeAdded") == {"provider": s.provider.address, "amount": 5 * ONE, "stake": STAKE + 5 * ONE}
-    assert info(s, s.provider)["stake"] == STAKE + 5 * ONE
+    assert provider_info(s, s.provider)["stake"] == STAKE + 5 * ONE
     assert s.token.balanceOf(s.provider.address) == before - 5 * ONE
     assert registry_balance_matches_stakes(s, s.provider, s.provider2)
 
@@ -242,7 +230,7 @@ def test_add_stake_reverts(suite):
         call_as(fresh(s), s.providers.addStake, ONE)
     with boa.reverts("erc20: transfer amount exceeds balance"):
         call_as(s.provider, s.providers.addStake, s.token.balanceOf(s.provider.address) + 1)
-    assert info(s, s.provider)["stake"] == STAKE
+    assert provider_info(s, s.provider)["stake"] == STAKE
 
 
 # --------------------------------------------------------------------------- unbonding
@@ -256,7 +244,7 @@ def test_request_unbond_and_withdraw_after_delay(suite):
         "provider": s.provider.address, "amount": 300 * ONE, "stake": 700 * ONE,
         "unbonding": 300 * ONE, "readyAt": ready_at,
     }  # fmt: skip
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["unbonding"], p["unbondingReadyAt"]) == (700 * ONE, 300 * ONE, ready_at)
     assert s.providers.freeStake(s.provider.address) == 700 * ONE
     assert registry_balance_matches_stakes(s, s.provider, s.provider2)
@@ -269,7 +257,7 @@ def test_request_unbond_and_withdraw_after_delay(suite):
     call_as(s.provider, s.providers.withdrawUnbonded)
     assert event(s, "UnbondedWithdrawn") == {"provider": s.provider.address, "amount": 300 * ONE}
     assert s.token.balanceOf(s.provider.address) == before + 300 * ONE
-    assert info(s, s.provider)["unbonding"] == 0 and info(s, s.provider)["stake"] == 700 * ONE
+    assert provider_info(s, s.provider)["unbonding"] == 0 and provider_info(s, s.provider)["stake"] == 700 * ONE
     assert registry_balance_matches_stakes(s, s.provider, s.provider2)
     with boa.reverts("providers: nothing unbonding"):
         call_as(s.provider, s.providers.withdrawUnbonded)
@@ -288,8 +276,8 @@ def test_request_unbond_restarts_delay_for_whole_queue(suite):
     call_as(s.provider, s.providers.requestUnbond, 100 * ONE)
     warp(UNBONDING_DELAY - 10)
     call_as(s.provider, s.providers.requestUnbond, 50 * ONE)
-    assert info(s, s.provider)["unbonding"] == 150 * ONE
-    assert info(s, s.provider)["unbondingReadyAt"] == now() + UNBONDING_DELAY
+    assert provider_info(s, s.provider)["unbonding"] == 150 * ONE
+    assert provider_info(s, s.provider)["unbondingReadyAt"] == now() + UNBONDING_DELAY
     warp(10)
     with boa.reverts("providers: unbonding delay not over"):
         call_as(s.provider, s.providers.withdrawUnbonded)
@@ -306,7 +294,7 @@ def test_request_unbond_reverts(suite):
         call_as(s.provider, s.providers.requestUnbond, 0)
     with boa.reverts("providers: amount exceeds unbonded stake"):
         call_as(s.provider, s.providers.requestUnbond, STAKE + 1)
-    assert info(s, s.provider)["unbonding"] == 0
+    assert provider_info(s, s.provider)["unbonding"] == 0
 
 
 def test_request_unbond_cannot_touch_bonded_stake(suite, driver):
@@ -317,7 +305,7 @@ def test_request_unbond_cannot_touch_bonded_stake(suite, driver):
     with boa.reverts("providers: amount exceeds unbonded stake"):
         call_as(s.provider, s.providers.requestUnbond, 800 * ONE + 1)
     call_as(s.provider, s.providers.requestUnbond, 800 * ONE)  # all the free stake
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["bonded"], p["unbonding"]) == (200 * ONE, 200 * ONE, 800 * ONE)
     assert s.providers.freeStake(s.provider.address) == 0
     with boa.reverts("providers: amount exceeds unbonded stake"):
@@ -336,7 +324,7 @@ def test_unbonded_stake_still_withdrawable_after_slash(suite, driver):
     call_as(s.provider, s.providers.requestUnbond, 980 * ONE)
     warp(DAY)
     driver.refund_expired(job_id)
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["bonded"], p["unbonding"], p["totalSlashed"]) == (0, 0, 980 * ONE, 20 * ONE)
     assert registry_balance_matches_stakes(s, s.provider, s.provider2)
     warp(UNBONDING_DELAY)
@@ -363,7 +351,7 @@ def test_bond_release_slash_only_authorized_market(suite):
     call_as(s.deployer, s.providers.setMarket, market.address, False)
     with boa.reverts(msg):
         call_as(market, s.providers.bond, s.provider.address, s.model_id, ONE)
-    assert info(s, s.provider)["bonded"] == 0
+    assert provider_info(s, s.provider)["bonded"] == 0
 
 
 def test_bond_locks_free_stake(suite):
@@ -375,7 +363,7 @@ def test_bond_locks_free_stake(suite):
     }  # fmt: skip
     call_as(market, s.providers.bond, s.provider.address, s.model_id, 700 * ONE)
     assert event(s, "StakeBonded")["bonded"] == STAKE
-    assert info(s, s.provider)["bonded"] == STAKE and info(s, s.provider)["stake"] == STAKE
+    assert provider_info(s, s.provider)["bonded"] == STAKE and provider_info(s, s.provider)["stake"] == STAKE
     assert s.providers.freeStake(s.provider.address) == 0
     with boa.reverts("providers: free stake below bond"):
         call_as(market, s.providers.bond, s.provider.address, s.model_id, 1)
@@ -394,7 +382,7 @@ def test_bond_eligibility_reverts(suite):
         call_as(market, s.providers.bond, s.provider.address, s.model_id, 0)
     with boa.reverts("providers: free stake below bond"):
         call_as(market, s.providers.bond, s.provider2.address, s.model_id, STAKE + 1)
-    assert info(s, s.provider)["bonded"] == 0 and info(s, s.provider2)["bonded"] == 0
+    assert provider_info(s, s.provider)["bonded"] == 0 and provider_info(s, s.provider2)["bonded"] == 0
 
 
 def test_release_unlocks_bond(suite):
@@ -406,9 +394,9 @@ def test_release_unlocks_bond(suite):
         "provider": s.provider.address, "market": market.address, "amount": 40 * ONE, "bonded": 60 * ONE,
         "completed": False,
     }  # fmt: skip
-    assert info(s, s.provider)["jobsCompleted"] == 0  # not completed: no stat
+    assert provider_info(s, s.provider)["jobsCompleted"] == 0  # not completed: no stat
     call_as(market, s.providers.release, s.provider.address, 60 * ONE, True)
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["bonded"], p["stake"], p["jobsCompleted"]) == (0, STAKE, 1)
     with boa.reverts("providers: release exceeds bond"):
         call_as(market, s.providers.release, s.provider.address, 1, True)
@@ -427,13 +415,13 @@ def test_slash_pays_recipient_from_bond(suite):
     }  # fmt: skip
     assert s.token.balanceOf(victim.address) == 30 * ONE
     assert s.token.balanceOf(s.providers.address) == registry_before - 30 * ONE
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["bonded"], p["jobsFailed"], p["disputesLost"], p["totalSlashed"]) == (
         STAKE - 30 * ONE, 70 * ONE, 1, 0, 30 * ONE,
     )  # fmt: skip
     call_as(market, s.providers.slash, s.provider.address, 70 * ONE, victim.address, True)
     assert event(s, "ProviderSlashed")["lostDispute"] is True
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["bonded"], p["jobsFailed"], p["disputesLost"], p["totalSlashed"]) == (
         STAKE - 100 * ONE, 0, 1, 1, 100 * ONE,
     )  # fmt: skip
@@ -452,7 +440,7 @@ def test_slash_never_exceeds_bond(suite):
         call_as(market, s.providers.slash, s.provider.address, STAKE, s.requester.address, True)
     with boa.reverts("providers: recipient is the zero address"):
         call_as(market, s.providers.slash, s.provider.address, ONE, ZERO_ADDRESS, False)
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["stake"], p["bonded"], p["totalSlashed"]) == (STAKE, 10 * ONE, 0)
 
 
@@ -480,7 +468,7 @@ def test_slash_property(suite, bond, slash, lost):
         else:
             call_as(market, s.providers.slash, s.provider.address, slash, victim.address, lost)
             slashed = slash
-        p = info(s, s.provider)
+        p = provider_info(s, s.provider)
         assert p["stake"] == STAKE - slashed and p["bonded"] == bond - slashed
         assert p["bonded"] <= p["stake"] and p["totalSlashed"] == slashed
         assert s.token.balanceOf(victim.address) == slashed
@@ -532,7 +520,7 @@ def test_raised_min_stake_applies_to_registration_and_claims(suite, driver):
         driver.claim(job_id)
     call_as(s.provider, s.providers.addStake, 1)
     driver.claim(job_id)
-    assert info(s, s.provider)["bonded"] == driver.jobs[job_id].bond
+    assert provider_info(s, s.provider)["bonded"] == driver.jobs[job_id].bond
 
 
 def test_zero_unbonding_delay_allows_immediate_withdrawal(suite):
@@ -587,20 +575,20 @@ def test_stats_follow_job_outcomes(suite, driver):
     driver.dispute(lost)
     expired = driver.create(duration=DAY)
     driver.claim(expired)
-    assert info(s, s.provider)["jobsCompleted"] == 0
+    assert provider_info(s, s.provider)["jobsCompleted"] == 0
     warp(CHALLENGE_WINDOW)
     driver.finalize(completed)
-    assert info(s, s.provider)["jobsCompleted"] == 1
+    assert provider_info(s, s.provider)["jobsCompleted"] == 1
     driver.resolve(won, True)
-    assert info(s, s.provider)["jobsCompleted"] == 2
+    assert provider_info(s, s.provider)["jobsCompleted"] == 2
     driver.resolve(lost, False)
     warp(DAY)
     driver.refund_expired(expired)
     bond = driver.jobs[lost].bond
-    p = info(s, s.provider)
+    p = provider_info(s, s.provider)
     assert (p["jobsCompleted"], p["jobsFailed"], p["disputesLost"]) == (2, 1, 1)
     assert p["totalSlashed"] == 2 * bond and p["stake"] == STAKE - 2 * bond and p["bonded"] == 0
-    assert info(s, s.provider2) == {**info(s, s.provider2), "jobsCompleted": 0, "jobsFailed": 0, "disputesLost": 0}
+    assert provider_info(s, s.provider2) == {**provider_info(s, s.provider2), "jobsCompleted": 0, "jobsFailed": 0, "disputesLost": 0}
     assert registry_balance_matches_stakes(s, s.provider, s.provider2)
 
 
@@ -611,8 +599,8 @@ def test_stats_per_provider(suite, driver):
     driver.submit(a, provider=s.provider2)
     warp(CHALLENGE_WINDOW)
     driver.finalize(a)
-    assert info(s, s.provider2)["jobsCompleted"] == 1
-    assert info(s, s.provider)["jobsCompleted"] == 0
+    assert provider_info(s, s.provider2)["jobsCompleted"] == 1
+    assert provider_info(s, s.provider)["jobsCompleted"] == 0
 
 
 def test_model_registered_later_can_be_served(suite, driver):
