@@ -62,3 +62,47 @@ class AnvilNotFound(ToolError, FileNotFoundError):
 class CompileError(ToolError):
     def __init__(self, contract: str, output: str):
         super().__init__(f"vyper could not compile {contract}:\n{output}")
+
+
+class ServingError(NodeAIError):
+    """A model engine refused or failed a request (subtree: ModelNotServed,
+    ModelFilesMissing, ContextLengthExceeded, InvalidGenerationParams,
+    EngineUnavailable)."""
+
+
+class ModelNotServed(ServingError, LookupError):
+    def __init__(self, model: str, served: list[str]):
+        self.model = model
+        self.served = served
+        super().__init__(
+            f"model {model!r} is not served by this engine: use one of {', '.join(served) or '(none)'}"
+        )
+
+
+class ModelFilesMissing(ServingError, FileNotFoundError):
+    def __init__(self, what: str, hint: str):
+        self.what = what
+        super().__init__(f"{what} not found: {hint}")
+
+
+class ContextLengthExceeded(ServingError, ValueError):
+    def __init__(self, model: str, prompt_tokens: int, max_tokens: int, context_length: int):
+        self.model = model
+        self.prompt_tokens, self.max_tokens, self.context_length = prompt_tokens, max_tokens, context_length
+        super().__init__(
+            f"model {model!r} has a context of {context_length} tokens, but the prompt has "
+            f"{prompt_tokens} tokens and max_tokens is {max_tokens} ({prompt_tokens + max_tokens} in all): "
+            "shorten the prompt or lower max_tokens"
+        )
+
+
+class InvalidGenerationParams(ServingError, ValueError):
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        super().__init__(f"invalid {field}: {problem}")
+
+
+class EngineUnavailable(ServingError, RuntimeError):
+    def __init__(self, engine: str, reason: str):
+        self.engine = engine
+        super().__init__(f"engine {engine!r} is unavailable: {reason}")
