@@ -1,0 +1,20 @@
+"""The ``nodeai`` command line: wallets, models, agents, jobs, inference escrow and receipts.
+
+One module per command group, all mounted on the top-level group of
+``nodeai.cli.main``::
+
+    main.py      top-level group, error handling and exit codes, ``main()``
+    context.py   the shared context: network settings, chain, wallet, indexer, IPFS
+    config.py    the user's config file (``$NODEAI_HOME/config.toml``)
+    output.py    human text or ``--json``, tables, amounts in token units
+    wallet.py    ``login``, ``whoami``
+    models.py    ``models deploy|list``
+    agents.py    ``agents create|run|list``
+    jobs.py      ``jobs list|show|dispute|refund|finalize``
+    escrow.py    ``escrow deposit|withdraw|balance``
+    receipts.py  ``receipts verify``
+
+Exit codes: 0 success, 1 failure (network, chain, a check that did not
+pass), 2 user error (bad input, wrong password, a transaction the contract
+refuses); see ``nodeai.cli.errors``.
+"""
