@@ -159,15 +159,15 @@ class CliContext:
         return result
 
     def ensure_allowance(self, spender: "Contract", amount: int) -> "TxResult | None":
-        """Approve ``spender`` for ``amount`` when the current allowance is smaller (exactly what is needed)."""
+        """Check the wallet holds ``amount``; approve ``spender`` for it when the allowance is smaller (no unlimited approvals)."""
         owner = self.account().address
-        current = self.token.functions.allowance(owner, spender.address).call()
-        if current >= amount:
-            return None
         balance = self.token.functions.balanceOf(owner).call()
         if balance < amount:
             raise UserError(f"the wallet {owner} holds {self.fmt(balance)}, {self.fmt(amount)} is needed",
                             f"fund it with {self.symbol} first")
+        current = self.token.functions.allowance(owner, spender.address).call()
+        if current >= amount:
+            return None
         return self.send(self.token.functions.approve(spender.address, amount), f"approve {self.fmt(amount)}")
 
     # -- indexer and IPFS -----------------------------------------------------------------------
