@@ -1,0 +1,334 @@
+"""Client side of a NodeAI provider: pay with vouchers, check receipts.
+
+Paying
+------
+``VoucherWallet`` signs InferenceEscrow vouchers for one payer and one
+provider and keeps, per model, the running total the gateway reports after
+each request (``X-NodeAI-Charged-Total`` header, or ``usage.nodeai_charged_total``
+in a stream's last chunk). The voucher for the next request is that total
+plus ``headroom`` (the most the client lets one request cost) per request in
+flight. ``VoucherAuth`` plugs it into ``openai.OpenAI`` (which runs on
+``httpx2``)::
+
+    wallet = VoucherWallet(payer_key, provider, chain_id, escrow, {"smollm2-135m-instruct": 1}, headroom=5_000)
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused",
+                           http_client=httpx2.Client(auth=VoucherAuth(wallet)))
+
+When the gateway answers 402 ``voucher_too_low`` (e.g. after the client lost
+its running total) the auth signs the amount the gateway asks for and retries
+once. ``wallet.settle(model)`` sends a voucher for exactly the running total
+(``POST /v1/nodeai/vouchers``), so the provider can redeem precisely what it
+charged. ``HttpxVoucherAuth`` is the same for plain ``httpx`` clients.
+
+Checking
+--------
+``receipt_from_usage`` / ``receipt_from_headers`` read a receipt;
+``verify_receipt`` checks its signature (and, given the request body and the
+response id, that it is about this request); ``verify_inclusion`` checks a
+Merkle proof against a root and, given the ReceiptRegistry contract, that the
+root is committed on chain and the contract agrees.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+
+import httpx
+import httpx2
+from coincurve import PrivateKey
+from eth_utils import keccak, to_checksum_address
+
+from nodeai.chain.receipts import verify_proof
+from nodeai.chain.vouchers import Voucher
+
+from .payments import VOUCHER_HEADER, encode_voucher_header, voucher_digest_fast
+from .receipts import (
+    RECEIPT_HEADER,
+    SignedReceipt,
+    decode_receipt_header,
+    receipt_from_json,
+    request_hash,
+    verify_receipt_signature,
+)
+
+__all__ = [
+    "VoucherWallet",
+    "VoucherAuth",
+    "HttpxVoucherAuth",
+    "CHARGED_TOTAL_HEADER",
+    "receipt_from_usage",
+    "receipt_from_headers",
+    "verify_receipt",
+    "verify_inclusion",
+]
+
+CHARGED_TOTAL_HEADER = "X-NodeAI-Charged-Total"
+_TOTAL_IN_STREAM = re.compile(rb'"nodeai_charged_total":\s*"(\d+)"')
+
+
+class VoucherWallet:
+    """Signs vouchers for ``payer_key`` to ``provider`` and tracks the running total per model id.
+
+    Thread-safe: one wallet may serve concurrent requests (sync or async).
+    """
+
+    def __init__(self, payer_key: bytes | str, provider: str, chain_id: int, escrow: str,
+                 model_ids: Mapping[str, int], headroom: int | Mapping[int, int], valid_for: int = 3_600,
+                 clock=time.time):
+        raw = bytes.fromhex(payer_key.removeprefix("0x")) if isinstance(payer_key, str) else bytes(payer_key)
+        self._key = PrivateKey(raw)
+        self.payer = to_checksum_address(keccak(self._key.public_key.format(compressed=False)[1:])[-20:])
+        self.provider, self.chain_id = to_checksum_address(provider), chain_id
+        self.escrow = to_checksum_address(escrow)
+        self.model_ids = dict(model_ids)
+        self.headroom = headroom
+        self.valid_for, self.clock = valid_for, clock
+        self.totals: dict[int, int] = {}
+        """The charged total per model id, as last reported by the gateway."""
+        self._in_flight: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _headroom(self, model_id: int) -> int:
+        return self.headroom if isinstance(self.headroom, int) else self.headroom[model_id]
+
+    def sign(self, model_id: int, cumulative: int) -> str:
+        """The ``X-NodeAI-Voucher`` value of a voucher for ``cumulative`` (coincurve signature, low s)."""
+        voucher = Voucher(self.payer, self.provider, model_id, cumulative, int(self.clock()) + self.valid_for)
+        raw = self._key.sign_recoverable(voucher_digest_fast(voucher, self.chain_id, self.escrow), hasher=None)
+        return encode_voucher_header(voucher, raw[:64] + bytes([raw[64] + 27]), self.chain_id, self.escrow)
+
+    def begin(self, model_id: int) -> str:
+        """Voucher header for a new request: running total + headroom for it and each request in flight."""
+        with self._lock:
+            self._in_flight[model_id] = self._in_flight.get(model_id, 0) + 1
+            cumulative = self.totals.get(model_id, 0) + self._headroom(model_id) * self._in_flight[model_id]
+        return self.sign(model_id, cumulative)
+
+    def end(self, model_id: int) -> None:
+        with self._lock:
+            self._in_flight[model_id] = max(0, self._in_flight.get(model_id, 0) - 1)
+
+    def observe(self, model_id: int, charged_total: int) -> None:
+        """Record a total the gateway reported (totals only grow; an older report is ignored)."""
+        with self._lock:
+            self.totals[model_id] = max(self.totals.get(model_id, 0), charged_total)
+
+    def default_headers(self, model: str) -> dict[str, str]:
+        """Headers for one request to ``model`` (``extra_headers=``), without tracking it in flight."""
+        model_id = self.model_ids[model]
+        return {VOUCHER_HEADER: self.sign(model_id, self.totals.get(model_id, 0) + self._headroom(model_id))}
+
+    def settle(self, base_url: str, model: str, client: httpx.Client | httpx2.Client | None = None) -> dict[str, Any]:
+        """Send a voucher for exactly the running total of ``model`` (gateway root URL, without /v1)."""
+        model_id = self.model_ids[model]
+        header = self.sign(model_id, self.totals.get(model_id, 0))
+        http = client or httpx.Client(timeout=30)
+        try:
+            response = http.post(base_url.rstrip("/") + "/v1/nodeai/vouchers", headers={VOUCHER_HEADER: header})
+        finally:
+            if client is None:
+                http.close()
+        if response.status_code != 200:
+            raise RuntimeError(f"the gateway refused the settlement voucher ({response.status_code}): {response.text}")
+        body = response.json()
+        self.observe(model_id, int(body["charged_total"]))
+        return body
+
+    # -- auth flow pieces shared by the httpx and httpx2 adapters -------------------------------
+    def _model_of(self, content: bytes) -> int | None:
+        try:
+            body = json.loads(content) if content else None
+        except ValueError:
+            return None
+        name = body.get("model") if isinstance(body, dict) else None
+        return self.model_ids.get(name) if isinstance(name, str) else None
+
+    def _after(self, model_id: int, headers: Mapping[str, str]) -> None:
+        total = headers.get(CHARGED_TOTAL_HEADER)
+        if total is not None and total.isdigit():
+            self.observe(model_id, int(total))
+
+    def _retry_amount(self, model_id: int, status: int, body: bytes) -> int | None:
+        """The cumulative amount to retry with after a 402 voucher_too_low, else None."""
+        if status != 402:
+            return None
+        try:
+            error = json.loads(body)["error"]
+            if error.get("code") != "voucher_too_low":
+                return None
+            details = error["nodeai"]
+            self.observe(model_id, int(details["charged_total"]))
+            return int(details["required_cumulative"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class _SniffTotal:
+    """Passes a streamed body through, picking up ``nodeai_charged_total`` and ending the request on close."""
+
+    def __init__(self, inner: Any, wallet: VoucherWallet, model_id: int):
+        self.inner, self.wallet, self.model_id = inner, wallet, model_id
+        self._tail = b""
+        self._ended = False
+
+    def _scan(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        for match in _TOTAL_IN_STREAM.finditer(window):
+            self.wallet.observe(self.model_id, int(match.group(1)))
+        self._tail = window[-64:]
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.wallet.end(self.model_id)
+
+
+class _SyncSniff(_SniffTotal, httpx2.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self._scan(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self._end()
+
+
+class _AsyncSniff(_SniffTotal, httpx2.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            self._scan(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self._end()
+
+
+class _HttpxSyncSniff(_SyncSniff, httpx.SyncByteStream):
+    pass
+
+
+class _HttpxAsyncSniff(_AsyncSniff, httpx.AsyncByteStream):
+    pass
+
+
+class _VoucherAuthFlows:
+    """The auth flows, written once for httpx and httpx2 (same Auth protocol)."""
+
+    requires_request_body = True
+    requires_response_body = False
+    _sync_sniff: type = _SyncSniff
+    _async_sniff: type = _AsyncSniff
+
+    def __init__(self, wallet: VoucherWallet):
+        self.wallet = wallet
+
+    def sync_auth_flow(self, request: Any):  # type: ignore[override]
+        request.read()
+        model_id = self.wallet._model_of(request.content)
+        if model_id is None:
+            yield request
+            return
+        request.headers[VOUCHER_HEADER] = self.wallet.begin(model_id)
+        try:
+            response = yield request
+            amount = None
+            if response.status_code == 402:
+                response.read()
+                amount = self.wallet._retry_amount(model_id, 402, response.content)
+            if amount is not None:
+                request.headers[VOUCHER_HEADER] = self.wallet.sign(model_id, amount)
+                response = yield request
+        except BaseException:
+            self.wallet.end(model_id)
+            raise
+        self._finish(response, model_id, sync=True)
+
+    async def async_auth_flow(self, request: Any):  # type: ignore[override]
+        await request.aread()
+        model_id = self.wallet._model_of(request.content)
+        if model_id is None:
+            yield request
+            return
+        request.headers[VOUCHER_HEADER] = self.wallet.begin(model_id)
+        try:
+            response = yield request
+            amount = None
+            if response.status_code == 402:
+                await response.aread()
+                amount = self.wallet._retry_amount(model_id, 402, response.content)
+            if amount is not None:
+                request.headers[VOUCHER_HEADER] = self.wallet.sign(model_id, amount)
+                response = yield request
+        except BaseException:
+            self.wallet.end(model_id)
+            raise
+        self._finish(response, model_id, sync=False)
+
+    def _finish(self, response: Any, model_id: int, sync: bool) -> None:
+        self.wallet._after(model_id, response.headers)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            # NOTE: a stream keeps its reservation until its last chunk: stay "in flight" until closed.
+            response.stream = (self._sync_sniff if sync else self._async_sniff)(response.stream, self.wallet, model_id)
+        else:
+            self.wallet.end(model_id)
+
+
+class VoucherAuth(_VoucherAuthFlows, httpx2.Auth):
+    """``httpx2.Client(auth=VoucherAuth(wallet))``: what ``openai.OpenAI(http_client=...)`` takes."""
+
+
+class HttpxVoucherAuth(_VoucherAuthFlows, httpx.Auth):
+    """The same auth for plain ``httpx`` clients."""
+
+    _sync_sniff = _HttpxSyncSniff
+    _async_sniff = _HttpxAsyncSniff
+
+
+# -- receipts ---------------------------------------------------------------------------------------
+def receipt_from_usage(usage: Any) -> SignedReceipt:
+    """The receipt inside an OpenAI ``usage`` (a dict, or the openai client's object)."""
+    if not isinstance(usage, Mapping):
+        usage = getattr(usage, "model_extra", None) or getattr(usage, "__dict__", {})
+    data = usage.get("nodeai_receipt")
+    if not isinstance(data, Mapping):
+        raise ValueError("no nodeai_receipt in this usage: was the request served by a NodeAI gateway?")
+    return receipt_from_json(data)
+
+
+def receipt_from_headers(headers: Mapping[str, str]) -> SignedReceipt:
+    value = headers.get(RECEIPT_HEADER)
+    if value is None:
+        raise ValueError(f"no {RECEIPT_HEADER} header in this response")
+    return decode_receipt_header(value)
+
+
+def verify_receipt(signed: SignedReceipt, provider: str | None = None, request_body: Any = None,
+                   response_id: str | None = None) -> bool:
+    """The receipt is signed by its provider (``provider``, when given) and, given the request body
+    and response id, is about that request."""
+    if not verify_receipt_signature(signed, provider):
+        return False
+    if request_body is not None and response_id is not None:
+        return request_hash(request_body, response_id) == signed.receipt.request_hash
+    return True
+
+
+def verify_inclusion(signed: SignedReceipt, root: bytes, proof: Sequence[bytes], registry: Any = None) -> bool:
+    """The receipt is in the Merkle tree of ``root``; with the ReceiptRegistry contract (web3), also that
+    its provider committed ``root`` on chain and the contract verifies the proof."""
+    if not verify_proof(proof, root, signed.receipt.leaf()):
+        return False
+    if registry is None:
+        return True
+    return bool(registry.functions.isCommitted(signed.receipt.provider, root).call()
+                and registry.functions.verifyReceipt(root, signed.receipt.as_tuple(), list(proof)).call())
