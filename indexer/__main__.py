@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from nodeai.indexer.api import create_app
+    from nodeai.indexer.explorer import mount_explorer
 
     app = create_app(lambda: open_store(args.db), deployment.chain_id, args.confirmations, metrics,
                      is_ready=ingestor.caught_up.is_set)
+    mount_explorer(app, deployment, rpc_urls=args.rpc_url)  # the dApp explorer at /explorer/
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     ingestor.stop()
     thread.join(timeout=10)
