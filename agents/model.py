@@ -63,44 +63,73 @@ class ModelClient(Protocol):
 class EngineModelClient:
     """Runs requests on a serving ``Engine`` (``nodeai.serving.engines.base.Engine``) in this process.
 
-    The engine is async; the worker loop is not. Pass ``loop`` when the engine
-    lives on a running event loop (the provider daemon's); otherwise the client
-    starts one private loop thread and keeps the engine on it until `close`.
+    Engines with a blocking ``complete_sync`` (the llama.cpp engine) are called
+    directly from the worker thread. For other engines (async only) pass
+    ``loop`` when the engine lives on a running event loop (the provider
+    daemon's); otherwise the client starts one private loop thread and keeps the
+    engine on it until `close`. ``start_engine``: start the engine now and close
+    it in `close` (leave False when the daemon owns the engine).
     """
 
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop | None = None, *, start_engine: bool = True):
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop | None = None, *, start_engine: bool = False,
+                 timeout_s: float = 300.0):  # fmt: skip
         self.engine = engine
-        self._own_loop = loop is None
-        self._loop = loop or asyncio.new_event_loop()
+        self.timeout_s = timeout_s
+        self._owns_engine = start_engine
+        self._sync = loop is None and callable(getattr(engine, "complete_sync", None))
+        self._own_loop = loop is None and not self._sync
+        self._loop = loop if loop is not None else (asyncio.new_event_loop() if self._own_loop else None)
         self._thread: threading.Thread | None = None
         if self._own_loop:
+            assert self._loop is not None
             self._thread = threading.Thread(target=self._loop.run_forever, name="agent-engine-loop", daemon=True)
             self._thread.start()
         if start_engine:
-            self._run(engine.start())
+            if self._sync and callable(getattr(engine, "start_sync", None)):
+                engine.start_sync()
+            else:
+                self._run(engine.start())
+
+    @property
+    def _name(self) -> str:
+        return str(getattr(self.engine, "name", "engine"))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=self.timeout_s)
 
     def generate(self, request: ModelRequest) -> ModelReply:
+        from nodeai.errors import EngineUnavailable
         from nodeai.serving.engines.base import ChatMessage, GenerationRequest, SamplingParams
 
         messages = tuple(ChatMessage(m["role"], m["content"]) for m in request.messages)  # type: ignore[arg-type]
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed,
                                 json_schema=dict(request.json_schema) if request.json_schema is not None else None)  # fmt: skip
+        generation = GenerationRequest(model=request.model, params=params, messages=messages)
         try:
-            completion = self._run(self.engine.complete(GenerationRequest(model=request.model, params=params, messages=messages)))
-        except ValueError as exc:  # NOTE: bad request for this engine (unknown model, context overflow): not transient
-            raise ModelUnavailable(getattr(self.engine, "name", "engine"), str(exc), retryable=False) from None
-        except (OSError, RuntimeError) as exc:
-            raise ModelUnavailable(getattr(self.engine, "name", "engine"), f"{type(exc).__name__}: {exc}") from None
+            if self._sync:
+                completion = self.engine.complete_sync(generation, timeout=self.timeout_s)
+            else:
+                completion = self._run(self.engine.complete(generation))
+        except EngineUnavailable as exc:
+            raise ModelUnavailable(self._name, str(exc)) from None
+        except (ValueError, LookupError) as exc:
+            # NOTE: this request cannot work on this engine (unknown model, context overflow): not transient
+            raise ModelUnavailable(self._name, str(exc), retryable=False) from None
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise ModelUnavailable(self._name, f"{type(exc).__name__}: {exc}") from None
         return ModelReply(completion.text, completion.usage.prompt_tokens, completion.usage.completion_tokens,
                           finish_reason=completion.finish_reason)  # fmt: skip
 
     def close(self) -> None:
-        """Stop the private loop (the engine is closed only if this client started it)."""
-        if self._own_loop and self._loop.is_running():
-            self._run(self.engine.close())
+        """Close the engine if this client started it, and stop the private loop."""
+        if self._owns_engine:
+            if self._sync and callable(getattr(self.engine, "close_sync", None)):
+                self.engine.close_sync()
+            elif self._loop is not None and self._loop.is_running():
+                self._run(self.engine.close())
+            self._owns_engine = False
+        if self._own_loop and self._loop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=10)

@@ -4,12 +4,13 @@ Tools hand it a `TxIntent` (chain, target, calldata, value). For each one it
 
 1. re-uses the transaction already signed for this action, if any (``outbox``):
    a restarted process re-broadcasts the same bytes instead of paying twice;
-2. dry-runs it with ``eth_call`` (a revert costs nothing and reads clearly);
-3. signs it, then, in one exclusive store transaction, judges it with
-   `policy.check_transaction` against the spends already in each cap's window,
-   and either records spend + signed transaction, or parks a pending approval,
-   or refuses it. Only a recorded transaction is broadcast;
-4. broadcasts and waits for the receipt; a transaction that reverts on chain
+2. judges it with `policy.check_transaction` (allow-lists, the spends already
+   in each cap's window, the approval threshold) and refuses it, or
+3. dry-runs it with ``eth_call`` (a revert costs nothing and reads clearly) and,
+   above the threshold, parks it as a pending approval until a human decides;
+4. signs it and, in one exclusive store transaction, judges it again and records
+   spend + signed transaction. Only a recorded transaction is broadcast;
+5. broadcasts and waits for the receipt; a transaction that reverts on chain
    gives its spend back to the cap.
 
 Because the policy reads the calldata, not what the model claimed, the caps
@@ -75,9 +76,20 @@ class PolicySigner:
             approved = approval is not None and approval.status == "approved" and approval.request_hash == request_hash
             if approval is not None and approval.request_hash != request_hash:
                 raise PolicyDenied("approval", f"action {ctx.action_key} changed since approval {approval.id} was requested")
-            self._dry_run(w3, intent)
+            # NOTE: judged first (allow-lists and caps), so a refused call reads as refused, not as a revert
+            first = check_transaction(ctx.policy, intent, self._spent(ctx), approved=approved)
+            if first.verdict == "deny":
+                raise PolicyDenied(first.rule, first.reason)
+            self._dry_run(w3, intent)  # NOTE: before asking a human to approve something that would revert
+            if first.verdict == "approve":
+                pending = self.store.request_approval(
+                    job_id=ctx.job_id, action_key=ctx.action_key, agent=ctx.agent, request=request,
+                    request_hash=request_hash, deadline=ctx.deadline, summary=self._summary(ctx.policy, intent),
+                )  # fmt: skip
+                raise ApprovalRequired(pending.id, pending.summary)
             raw_tx, tx_hash, nonce = self._sign(w3, intent)
             with self.store.spend_transaction() as tx:
+                # NOTE: judged again inside the exclusive transaction: another job may have spent meanwhile
                 spent = {(c.chain_id, c.token): tx.spent(ctx.agent, c.chain_id, c.token, c.period_s)
                          for c in ctx.policy.spend_caps}  # fmt: skip
                 decision = check_transaction(ctx.policy, intent, spent, approved=approved)
@@ -85,15 +97,13 @@ class PolicySigner:
                     spends = [(s.chain_id, s.token, s.amount) for s in decode_spends(intent)]
                     tx.record(ctx.agent, ctx.action_key, spends)
                     tx.add_outbox(ctx.action_key, intent.chain_id, self.address, nonce, raw_tx, tx_hash)
-            if decision.verdict == "approve":
-                pending = self.store.request_approval(
-                    job_id=ctx.job_id, action_key=ctx.action_key, agent=ctx.agent, request=request,
-                    request_hash=request_hash, deadline=ctx.deadline, summary=self._summary(ctx.policy, intent),
-                )  # fmt: skip
-                raise ApprovalRequired(pending.id, pending.summary)
             if not decision.allowed:
                 raise PolicyDenied(decision.rule, decision.reason)
             return self._finish(w3, ctx.action_key, raw_tx, tx_hash)
+
+    def _spent(self, ctx: ToolContext) -> dict[tuple[int, str], int]:
+        return {(c.chain_id, c.token): self.store.spent(ctx.agent, c.chain_id, c.token, c.period_s)
+                for c in ctx.policy.spend_caps}  # fmt: skip
 
     def _summary(self, policy: PolicySpec, intent: TxIntent) -> str:
         parts = []
