@@ -20,6 +20,11 @@ from nodeai.cli.output import duration, emit, parse_amount, table, when
 
 
 @click.group("escrow")
+@example("""
+nodeai escrow deposit 25 --provider 0x7099...79C8
+nodeai escrow balance
+nodeai escrow withdraw --provider 0x7099...79C8
+""")
 def escrow() -> None:
     """Inference escrow: deposit for a provider, check balances, withdraw the rest."""
 

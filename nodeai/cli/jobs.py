@@ -22,6 +22,11 @@ STATES = [s.name for s in JobState]
 
 
 @click.group("jobs")
+@example("""
+nodeai jobs list --mine
+nodeai jobs show 12
+nodeai jobs dispute 12 --reason "wrong answer"
+""")
 def jobs() -> None:
     """Agent jobs: list, inspect, dispute, refund, finalize."""
 

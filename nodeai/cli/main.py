@@ -32,7 +32,9 @@ def classify(exc: BaseException) -> tuple[int, str, str, str | None]:
         return (EXIT_USER_ERROR, "contract_reverted", f"the contract refused {exc.function}: {exc.reason}",
                 "nothing was sent (the dry run caught it); check the state with `nodeai jobs show` / "
                 "`nodeai escrow balance` and retry when the action is allowed")  # fmt: skip
-    if isinstance(exc, (ChainIdMismatch, DeploymentNotFound)):
+    from nodeai.keystore import KeystoreError
+
+    if isinstance(exc, (ChainIdMismatch, DeploymentNotFound, KeystoreError)):
         return EXIT_USER_ERROR, "user_error", str(exc), None
     if isinstance(exc, NodeAIError):
         return EXIT_FAILURE, type(exc).__name__, str(exc), None

@@ -25,6 +25,10 @@ FORMATS = {".gguf": "gguf", ".onnx": "onnx", ".safetensors": "safetensors", ".bi
 
 
 @click.group("models")
+@example("""
+nodeai models deploy ./models/llm-small --price 0.002 --share 1000
+nodeai models list --json
+""")
 def models() -> None:
     """Models: publish weights to IPFS and the registry, list what is registered."""
 

@@ -66,6 +66,9 @@ def parse_receipt(data: dict[str, Any]) -> Receipt:
 
 
 @click.group("receipts")
+@example("""
+nodeai receipts verify receipt.json
+""")
 def receipts() -> None:
     """Per-request receipts: check that a request is in a batch committed on chain."""
 

@@ -51,6 +51,8 @@ def _check_network(obj: CliContext) -> dict[str, object]:
 @click.option("--deployments", type=click.Path(dir_okay=False, path_type=Path), help="Deployments file of that network.")
 @click.option("--indexer-url", help="Indexer HTTP API of that network.")
 @click.option("--ipfs-api", help="kubo RPC API URL (unset: embedded IPFS node).")
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the encrypted keystore lives [default: $NODEAI_HOME/keystore.json].")
 @click.option("--no-check", is_flag=True, help="Save the network settings without connecting to the chain.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read the keystore password from this file (else $NODEAI_PASSWORD, else a hidden prompt).")
@@ -62,7 +64,8 @@ pass show my-wallet | nodeai login --import --password-file ~/.secrets/nodeai-pw
 nodeai login            # unlock the existing keystore and check the network
 """)
 def login(obj: CliContext, mode: str | None, rpc_url: str | None, chain_id: int | None, deployments: Path | None,
-          indexer_url: str | None, ipfs_api: str | None, no_check: bool, password_file: Path | None) -> None:  # fmt: skip
+          indexer_url: str | None, ipfs_api: str | None, keystore: Path | None, no_check: bool,
+          password_file: Path | None) -> None:  # fmt: skip
     """Create or import a wallet (encrypted keystore) and choose the network.
 
     Without --create or --import, unlocks the existing keystore to check the
@@ -70,7 +73,8 @@ def login(obj: CliContext, mode: str | None, rpc_url: str | None, chain_id: int 
     $NODEAI_HOME/config.toml; the key only into the encrypted keystore.
     """
     obj.settings = obj.settings.merged(rpc_url=rpc_url, chain_id=chain_id, indexer_url=indexer_url, ipfs_api=ipfs_api,
-                                       deployments=str(deployments.resolve()) if deployments else None)  # fmt: skip
+                                       deployments=str(deployments.resolve()) if deployments else None,
+                                       keystore=str(keystore.expanduser().resolve()) if keystore else None)  # fmt: skip
     obj.password_file = password_file or obj.password_file
     path = obj.keystore_path
     if mode and path.exists():
