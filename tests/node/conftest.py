@@ -31,7 +31,7 @@ NODE_KEY = ANVIL_KEYS[6]  # the daemon's account: funded with tokens, not regist
 ONE = 10**6
 PASSWORD = "node-test-password"
 MODEL_NAME = "words-1"
-PRICE = 2_000  # per 1k tokens
+PRICE = 250_000  # token units per 1k tokens (0.25 TUSD)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -198,3 +198,48 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class DaemonThread:
+    """A ProviderDaemon running on its own event loop in a thread, so a test body stays synchronous."""
+
+    def __init__(self, daemon: Any):
+        import asyncio
+        import threading
+
+        self.daemon = daemon
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self.error: BaseException | None = None
+
+        def main() -> None:
+            asyncio.set_event_loop(self._loop)
+
+            async def run() -> None:
+                self._stop = asyncio.Event()
+                await daemon.run(self._stop)
+
+            try:
+                self._loop.run_until_complete(run())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test by stop()
+                self.error = exc
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=main, name="daemon", daemon=True)
+
+    def start(self, timeout: float = 60) -> "DaemonThread":
+        self._thread.start()
+        wait_until(lambda: self.daemon.ready or self.error is not None or not self._thread.is_alive(), timeout,
+                   "the daemon to start")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the daemon did not stop"
+        if self.error is not None:
+            raise self.error
