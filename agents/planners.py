@@ -244,17 +244,20 @@ def rules_next(planner: RulesPlanner, index: int, env: Mapping[str, Any]) -> Rul
             if rule.when is not None and not expressions.evaluate(rule.when, env):
                 skipped.append(rule.id)
                 continue
-            if rule.call is not None:
+            kind = rule.action_kind
+            if kind == "call":
+                assert rule.call is not None
                 tool, _, function = rule.call.partition(".")
                 args = expressions.render(rule.args, env)
                 return RulesStep(index, Call(tool, function, args, rule.id, rule.save_as, rule.on_error), tuple(skipped))
-            if rule.set is not None:
+            if kind == "set":
+                assert rule.set is not None
                 # NOTE: in order, so a later name may use an earlier one of the same rule
                 values: dict[str, Any] = {}
                 for name, expr in rule.set.items():
                     values[name] = expressions.evaluate(expr, {**env, **values})
                 return RulesStep(index, SetVars(values, rule.id), tuple(skipped))
-            if rule.finish is not None:
+            if kind == "finish":
                 return RulesStep(index, Finish(expressions.render(rule.finish, env), rule.id), tuple(skipped))
             return RulesStep(index, Fail(str(expressions.render(rule.fail, env)), rule.id), tuple(skipped))
         except ExpressionError as exc:

@@ -261,11 +261,22 @@ class Rule(_Model):
     on_error: Literal["fail", "continue"] = "fail"
     """After a failed call (retries exhausted or policy denial): fail the job, or save ``{"error": ...}`` and go on."""
 
+    @property
+    def action_kind(self) -> str:
+        """``call``, ``set``, ``finish`` or ``fail``: the one this rule has."""
+        return next(k for k in ("call", "set", "finish", "fail") if self._has(k))
+
+    def _has(self, key: str) -> bool:
+        # NOTE: a null value counts as absent (so the canonical JSON, which lists every field,
+        # reloads to the same rule): finish with a value such as {} or "done"
+        return getattr(self, key) is not None
+
     @model_validator(mode="after")
     def _one_action(self) -> "Rule":
-        chosen = [k for k in ("call", "set", "finish", "fail") if getattr(self, k) is not None]
+        chosen = [k for k in ("call", "set", "finish", "fail") if self._has(k)]
         if len(chosen) != 1:
-            raise ValueError(f"rule {self.id!r} needs exactly one of call, set, finish, fail (has: {', '.join(chosen) or 'none'})")
+            raise ValueError(f"rule {self.id!r} needs exactly one of call, set, finish, fail (has: {', '.join(chosen) or 'none'};"
+                             " a null value counts as none)")
         if self.save_as is not None and self.call is None:
             raise ValueError(f"rule {self.id!r}: save_as only goes with call")
         if self.args and self.call is None:
@@ -391,7 +402,7 @@ def _rules_problems(planner: RulesPlanner, tools: dict[str, Any]) -> list[tuple[
             check(f"set.{name}", expression)
             known.add(name)  # NOTE: set runs in order: later entries of the same rule may read it
         for expression in expressions.template_expressions(rule.finish) + expressions.template_expressions(rule.fail):
-            check("finish" if rule.finish is not None else "fail", expression)
+            check(rule.action_kind, expression)
         for name in [rule.save_as] if rule.save_as else list(rule.set or {}):
             if not _IDENT.match(name) or name in BASE_NAMES or name in expressions.FUNCTIONS:
                 problems.append((f"{where}.{'save_as' if rule.save_as else 'set'}",
