@@ -50,7 +50,8 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-const cell = (label, ...content) => el("td", { "data-label": label }, ...content);
+// NOTE: one wrapper per cell: on phones the cell is a two-column grid (label, content).
+const cell = (label, ...content) => el("td", { "data-label": label }, el("div", {}, ...content));
 
 function shortHex(value, head = 6, tail = 4) {
   const text = String(value ?? "");
@@ -220,14 +221,14 @@ const providers = new Collection({
   kind: "provider",
   sources: ["providers"],
   tbody: $("providers-body"),
-  columns: 8,
+  columns: 7,
   compare: byText("address"),
   emptyText: () => "No provider registered yet.",
   row: (p) =>
     el(
       "tr",
       {},
-      cell("Provider", address(p.address)),
+      cell("Provider", address(p.address), el("br"), el("small", { class: "muted endpoint" }, el("code", {}, p.endpoint ?? ""))),
       cell("Liveness", livenessBadge(p)),
       cell("Stake", money(p.stake)),
       cell("Bonded", money(p.bonded)),
@@ -238,7 +239,6 @@ const providers = new Collection({
           : el("span", { class: "muted", text: "none" }),
       ),
       cell("Jobs done / failed / disputes lost", `${p.jobs_completed} / ${p.jobs_failed} / ${p.disputes_lost}`),
-      cell("Endpoint", el("code", {}, p.endpoint ?? "")),
       cell("State", p.registered ? badge("registered", "ok") : badge("unregistered", "bad"), " ", finality(p)),
     ),
   onChange: (items) => fillProviderSelect(items),
@@ -278,6 +278,9 @@ const channels = new Collection({
   accept: (c) => Boolean(channels?.params.payer) && String(c.payer).toLowerCase() === channels.params.payer.toLowerCase(),
   compare: byText("provider"),
   emptyText: () => (channels.params.payer ? "No deposit from this address." : "No address chosen."),
+  onChange: (items) => {
+    if (channels?.params.payer) setResult($("balance-result"), balanceSummary(channels.params.payer, items), "ok");
+  },
   row: (c) =>
     el(
       "tr",
@@ -307,8 +310,8 @@ const receipts = new Collection({
       cell(
         "Merkle root",
         hash(r.root),
-        " ",
-        el("button", { type: "button", class: "more", onclick: () => useRoot(r.root) }, "Check a receipt"),
+        el("br"),
+        el("button", { type: "button", class: "link", onclick: () => useRoot(r.root) }, "Check a receipt of this batch"),
       ),
       cell("Receipts", String(r.count)),
       cell("Tokens in / out", `${r.tokens_in} / ${r.tokens_out}`),
@@ -480,8 +483,12 @@ async function showBalances(payerText) {
   }
   channels.params = { payer };
   await channels.load();
-  const total = [...channels.items.values()].reduce((sum, c) => sum + BigInt(c.balance ?? 0), 0n);
-  return `${channels.items.size} channel(s), ${amount(total)} in escrow in all.`;
+  return balanceSummary(payer, [...channels.items.values()]);
+}
+
+function balanceSummary(payer, items) {
+  const total = items.reduce((sum, c) => sum + BigInt(c.balance ?? 0), 0n);
+  return `${shortHex(payer)}: ${items.length} channel(s), ${amount(total)} in escrow in all.`;
 }
 
 function useRoot(root) {

@@ -115,6 +115,27 @@ def test_job_created_from_the_page_lands_on_chain_then_in_the_live_list(session:
     _assert_no_reload(session)
 
 
+def test_bad_input_gets_a_clear_message_and_sends_nothing(session: PageSession, explorer: Explorer) -> None:
+    page = session.page
+    _connect(session, explorer)
+    page.fill("#job-input", raw_cid(b"valid input"))
+    page.fill("#job-max", "five")
+    page.click("#job-submit")
+    page.wait_for_selector("#job-result[data-tone=bad]", timeout=WAIT_MS)
+    assert 'must be a positive number, e.g. 5 or 2.5 (got "five")' in page.inner_text("#job-result")
+    page.fill("#job-max", "1")
+    page.fill("#job-input", "short")
+    page.click("#job-submit")
+    page.wait_for_selector("#job-result:has-text('10 to 100 characters (got 5)')", timeout=WAIT_MS)
+    page.fill("#deposit-amount", "1.0000001")  # the token has 6 decimals
+    page.click("#deposit-submit")
+    page.wait_for_selector("#deposit-result:has-text('more than 6 decimals')", timeout=WAIT_MS)
+    page.fill("#balance-address", "0x123")
+    page.click("#balance-form button[type=submit]")
+    page.wait_for_selector("#balance-result:has-text('is not an address')", timeout=WAIT_MS)
+    assert session.wallet.sent == []
+
+
 def test_job_changes_made_elsewhere_stream_into_the_page(session: PageSession, explorer: Explorer) -> None:
     page, market, activity = session.page, explorer.market, explorer.activity
     _mark_no_reload(session)
@@ -208,18 +229,61 @@ def test_usable_at_a_phone_width(phone: PageSession, explorer: Explorer) -> None
         .map((e) => `${e.tagName}#${e.id}.${e.className}: ${e.getBoundingClientRect().right}`)""")
     assert beyond == []
     assert "Job" in page.locator("#jobs-body tr[data-key] td").first.evaluate("e => getComputedStyle(e, '::before').content")
-    # Inputs all have a label a screen reader announces.
+
+
+CONTRAST_SCRIPT = """() => {
+  const channels = (color) => color.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  };
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = channels(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !e.getClientRects().length || e.closest('.visually-hidden, thead, [disabled], .skip-link')) continue;
+    const fg = luminance(channels(getComputedStyle(e).color)), bg = luminance(background(e));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    if (ratio < 4.5) worst.push(`${e.tagName}.${e.className} "${e.textContent.trim().slice(0, 30)}": ${ratio.toFixed(2)}`);
+  }
+  return worst;
+}"""
+
+
+def test_accessible_basics(session: PageSession, explorer: Explorer) -> None:
+    page = session.page
+    _row(session, "providers", explorer.activity.live_provider).locator(".badge", has_text="up").wait_for(timeout=WAIT_MS)
+    # Landmarks and headings a screen reader navigates by.
+    assert page.locator("header").count() == 1 and page.locator("main").count() == 1
+    assert page.locator("nav[aria-label]").count() == 1 and page.locator("h1").count() == 1
+    assert page.locator("main section h2").count() == 5
+    # Every form control has a label; every table has a caption and column headers.
     unlabelled = page.evaluate("""[...document.querySelectorAll('input, select, textarea')]
         .filter((e) => !e.labels || e.labels.length === 0).map((e) => e.id)""")
     assert unlabelled == []
+    assert page.evaluate("[...document.querySelectorAll('table')].every((t) => t.caption && t.tHead)")
+    # Text is readable: WCAG AA contrast (4.5:1) for every visible text on its background.
+    assert page.evaluate(CONTRAST_SCRIPT) == []
 
 
 def test_screenshot_for_the_docs(session: PageSession, explorer: Explorer, tmp_path: Path) -> None:
-    page = session.page
-    _row(session, "providers", explorer.activity.live_provider).locator(".badge", has_text="up").wait_for(timeout=WAIT_MS)
+    page, activity = session.page, explorer.activity
+    _row(session, "providers", activity.live_provider).locator(".badge", has_text="up").wait_for(timeout=WAIT_MS)
+    # A connected wallet shows its escrow balances; a checked receipt shows the verdict.
+    _connect(session, explorer)
+    page.wait_for_selector("#balance-result:has-text('in escrow in all')", timeout=WAIT_MS)
+    tree = activity.tree
+    assert _check(session, _receipt_json(explorer, 0), "0x" + tree.root.hex(), tree.proof(0)) == "valid"
     shot = tmp_path / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # NOTE: docs/img/explorer.png is refreshed only on request, so test runs leave the tree clean.
     if os.environ.get("NODEAI_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, REPO_ROOT / "docs" / "img" / "explorer.png")
+
