@@ -161,6 +161,19 @@ def encode_unixfs(type_: int, data: bytes | None, filesize: int, blocksizes: Ite
     return out
 
 
+def leaf_frame(size: int, has_data: bool) -> tuple[bytes, bytes]:
+    """The bytes of a leaf block before and after its chunk of file data.
+
+    ``encode_dag_pb((), encode_unixfs(TYPE_FILE, data, len(data)))`` is
+    ``prefix + data + suffix``.
+    """
+    data_field = _varint((2 << 3) | 2) + _varint(size) if has_data else b""
+    suffix = _field_varint(3, size)
+    unixfs_len = len(_field_varint(1, TYPE_FILE)) + len(data_field) + size + len(suffix)
+    prefix = _varint((1 << 3) | 2) + _varint(unixfs_len) + _field_varint(1, TYPE_FILE) + data_field
+    return prefix, suffix
+
+
 def encode_dag_pb(links: Iterable[Link], data: bytes) -> bytes:
     out = bytearray()
     for link in links:
@@ -267,16 +280,23 @@ class DagBuilder:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._root is not None:
             raise RuntimeError("DagBuilder already finished")
-        self._size += len(data)
-        self._buffer += data
+        view = memoryview(data).cast("B")
+        self._size += len(view)
         chunk = self._chunk_size
-        if len(self._buffer) >= chunk:
-            view = memoryview(self._buffer)
-            full = len(self._buffer) - len(self._buffer) % chunk
-            for start in range(0, full, chunk):
-                self._leaf(bytes(view[start : start + chunk]))
-            view.release()
-            del self._buffer[:full]
+        if self._buffer:
+            # NOTE: top up the partial chunk first; full chunks are then hashed
+            # straight from the caller's buffer (no copy of a large input).
+            need = chunk - len(self._buffer)
+            self._buffer += view[:need]
+            view = view[need:]
+            if len(self._buffer) < chunk:
+                return
+            self._leaf(memoryview(bytes(self._buffer)))
+            self._buffer.clear()
+        full = len(view) - len(view) % chunk
+        for start in range(0, full, chunk):
+            self._leaf(view[start : start + chunk])
+        self._buffer += view[full:]
 
     def finish(self) -> bytes:
         """Close the file and return the root multihash (idempotent)."""
@@ -285,7 +305,7 @@ class DagBuilder:
         if self._buffer or self._leaf_count == 0:
             # NOTE: an empty file is one leaf without a Data field (go-unixfs
             # sets no data for nil input), hence None rather than b"".
-            self._leaf(bytes(self._buffer) if self._buffer else None)
+            self._leaf(memoryview(bytes(self._buffer)) if self._buffer else None)
             self._buffer.clear()
         # Close every partial subtree bottom-up (a commit may cascade upwards
         # when it fills its parent); what stays is the top level.
@@ -312,16 +332,25 @@ class DagBuilder:
             self._on_block(Block(mh, block))
         return mh
 
-    def _leaf(self, data: bytes | None) -> None:
+    def _leaf(self, data: memoryview | None) -> None:
         size = len(data) if data is not None else 0
         # NOTE: without raw leaves every leaf is a UnixFS File node (kubo
         # 0.22, checked against the embedded node), not type Raw.
         self._leaf_count += 1
-        block = encode_dag_pb((), encode_unixfs(TYPE_FILE, data, size))
-        mh = self._emit(block)
+        # The block is prefix + data + suffix (see leaf_frame); hashing the
+        # three pieces avoids copying every chunk twice.
+        prefix, suffix = leaf_frame(size, data is not None)
+        digest = hashlib.sha256(prefix)
+        if data is not None:
+            digest.update(data)
+        digest.update(suffix)
+        mh = bytes((SHA2_256, 32)) + digest.digest()
+        block_size = len(prefix) + size + len(suffix)
+        if self._on_block is not None:
+            self._on_block(Block(mh, b"".join((prefix, data if data is not None else b"", suffix))))
         if self.leaves is not None:
             self.leaves.append(LeafInfo(mh, size))
-        self._push(0, Link(mh, len(block)), size)
+        self._push(0, Link(mh, block_size), size)
 
     def _push(self, depth: int, link: Link, filesize: int) -> None:
         while len(self._levels) <= depth:
