@@ -26,7 +26,7 @@ from nodeai.chain.jobs import ZERO_ADDRESS, JobState
 from nodeai.cli.chainview import JobView, follow, load_job
 from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
 from nodeai.cli.errors import CliError, MissingComponent, UserError
-from nodeai.cli.output import duration, emit, parse_amount, parse_duration, short, status, table, when
+from nodeai.cli.output import check_amount, duration, emit, parse_amount, parse_duration, short, status, table, when
 from nodeai.errors import ContractReverted
 
 AGENT_INPUT_KIND = "agent"
@@ -135,6 +135,8 @@ def create(obj: CliContext, name: str, tools: str, budget: str | None, model_id:
            system: str | None, max_steps: int | None, spec_file: Path | None, price: str | None, share_bps: int,
            raw: bool) -> None:  # fmt: skip
     """Write the agent's spec, pin it to IPFS and register the agent on chain."""
+    check_amount(budget, "budget")
+    check_amount(price, "price")
     registry = obj.contract("ModelRegistry")
     base = registry.functions.models(model_id).call()
     owner, kind, deprecated = base[0], base[1], base[6]
@@ -228,6 +230,7 @@ def run(obj: CliContext, name: str, input_text: str | None, input_file: Path | N
         raise UserError("give the task with exactly one of --input or --input-file")
     text = input_text if input_text is not None else input_file.read_text()  # type: ignore[union-attr]
     deadline_s, timeout_s = parse_duration(deadline_text), parse_duration(timeout_text)
+    check_amount(max_payment, "max payment")
     agent_id, entry = resolve_agent(obj, name)
     registry = obj.contract("ModelRegistry")
     info = registry.functions.models(agent_id).call()

@@ -62,13 +62,13 @@ def _decoders(obj: CliContext) -> dict[bytes, Any]:
             for item in market.abi if item.get("type") == "event" and item["name"] in JOB_EVENTS}  # fmt: skip
 
 
-def job_events(obj: CliContext, job_id: int, from_block: int | None = None) -> list[dict[str, Any]]:
+def job_events(obj: CliContext, job_id: int, from_block: int | None = None, to_block: int | str = "latest") -> list[dict[str, Any]]:
     """The job's events in chain order: ``{"event", "block", "log_index", "tx", "args"}``."""
     market = obj.contract("JobMarket")
     start = from_block if from_block is not None else obj.deployment.contracts["JobMarket"].get("block", obj.deployment.deploy_block)
     topic = "0x" + job_id.to_bytes(32, "big").hex()
     try:
-        logs = obj.w3.eth.get_logs({"address": market.address, "fromBlock": start, "toBlock": "latest",
+        logs = obj.w3.eth.get_logs({"address": market.address, "fromBlock": start, "toBlock": to_block,
                                     "topics": [None, topic]})  # fmt: skip
     except ValueError as exc:
         raise ServiceUnavailable(f"the RPC refused eth_getLogs for job {job_id}: {exc}",
@@ -91,12 +91,15 @@ def load_job(obj: CliContext, job_id: int) -> JobView:
     if job_id <= 0:
         raise UserError(f"job ids start at 1, got {job_id}")
     market = obj.contract("JobMarket")
-    commitment = bytes(market.functions.jobCommitment(job_id).call())
+    # NOTE: the commitment and the logs are read at one block, so a transaction landing in
+    # between (a provider claiming the job right now) cannot make them disagree.
+    block = obj.w3.eth.block_number
+    commitment = bytes(market.functions.jobCommitment(job_id).call(block_identifier=block))
     if commitment == b"\x00" * 32:
-        count = market.functions.jobCount().call()
+        count = market.functions.jobCount().call(block_identifier=block)
         raise UserError(f"there is no job {job_id} on this chain (jobs 1..{count} exist)",
                         "list them with `nodeai jobs list`")
-    view = fold(job_id, job_events(obj, job_id))
+    view = fold(job_id, job_events(obj, job_id, to_block=block))
     if view is None or view.job.commitment() != commitment:
         raise CliError(f"the events of job {job_id} do not match its on-chain commitment",
                        "the RPC may be lagging or missing logs; retry, or use another --rpc-url")

@@ -16,7 +16,7 @@ from eth_utils import is_address, to_checksum_address
 
 from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
-from nodeai.cli.output import duration, emit, parse_amount, table, when
+from nodeai.cli.output import check_amount, duration, emit, parse_amount, table, when
 
 
 @click.group("escrow")
@@ -52,6 +52,7 @@ nodeai escrow deposit 25000000 --raw --provider 0x7099...79C8 --json
 """)
 def deposit(obj: CliContext, amount: str, provider: str, raw: bool) -> None:
     """Deposit AMOUNT for inference requests to a provider (approves the escrow first if needed)."""
+    check_amount(amount)
     provider = _provider(provider)
     value = parse_amount(amount, obj.decimals, raw)
     if value == 0:

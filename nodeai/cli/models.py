@@ -17,7 +17,7 @@ import click
 
 from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
-from nodeai.cli.output import emit, parse_amount, short, status, table
+from nodeai.cli.output import check_amount, emit, parse_amount, short, status, table
 
 MAX_SHARE_BPS = 5_000
 FORMATS = {".gguf": "gguf", ".onnx": "onnx", ".safetensors": "safetensors", ".bin": "pytorch", ".pt": "pytorch",
@@ -106,6 +106,7 @@ def deploy(obj: CliContext, path: Path, price: str, share_bps: int, name: str | 
     Pins to the kubo RPC API of --ipfs-api when set, else to the embedded IPFS
     node in $NODEAI_HOME/ipfs (keep a node serving the CID so providers can fetch it).
     """
+    check_amount(price, "price")
     price_units = parse_amount(price, obj.decimals, raw, "price")
     registry = obj.contract("ModelRegistry")
     obj.account()  # NOTE: unlock before the upload: a wrong password fails fast

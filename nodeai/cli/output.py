@@ -57,14 +57,23 @@ def emit(json_mode: bool, data: Any, human: str | Callable[[], str]) -> None:
 
 
 # -- amounts ------------------------------------------------------------------------------------
-def parse_amount(text: str, decimals: int, raw: bool, what: str = "amount") -> int:
-    """``"12.5"`` -> 12_500_000 for a 6-decimal token; with ``raw`` the text is already base units."""
+def check_amount(text: str | None, what: str = "amount") -> Decimal | None:
+    """The number in ``text``, or a user error; needs no chain, so a typo fails before any connection."""
+    if text is None:
+        return None
     try:
         value = Decimal(text.replace("_", ""))
     except InvalidOperation:
         raise UserError(f"{what} {text!r} is not a number", "write it like 12.5 (token units) or use --raw for base units") from None
     if not value.is_finite() or value < 0:
         raise UserError(f"{what} must be a non-negative number, got {text!r}")
+    return value
+
+
+def parse_amount(text: str, decimals: int, raw: bool, what: str = "amount") -> int:
+    """``"12.5"`` -> 12_500_000 for a 6-decimal token; with ``raw`` the text is already base units."""
+    value = check_amount(text, what)
+    assert value is not None
     scaled = value if raw else value.scaleb(decimals)
     if scaled != scaled.to_integral_value():
         unit = "base units are whole numbers" if raw else f"the token has {decimals} decimals"

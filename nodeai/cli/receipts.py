@@ -6,13 +6,17 @@ and its inclusion proof, this command recomputes the leaf and the path to
 the root locally, then asks the contract whether that root was committed by
 the receipt's own provider and whether the receipt is in it.
 
-Input (a file or ``-`` for stdin), as the gateway's client saves it::
+Input (a file or ``-`` for stdin): what the gateway's
+``GET /v1/nodeai/receipts/{request_hash}`` answers::
 
-    {"receipt": {"request_hash": "0x..", "provider": "0x..", "payer": "0x..", "model_id": 1,
-                 "tokens_in": 20, "tokens_out": 40, "latency_ms": 120, "amount": 2000, "timestamp": 1700000000},
+    {"receipt": {"requestHash": "0x..", "provider": "0x..", "payer": "0x..", "modelId": 1, "tokensIn": 20,
+                 "tokensOut": 40, "latencyMs": 120, "amount": "2000", "timestamp": 1700000000,
+                 "chainId": 31337, "registry": "0x..", "signature": "0x.."},
      "root": "0x..", "proof": ["0x..", ...]}
 
-camelCase keys (``requestHash``, ``modelId``, ...) are accepted too.
+snake_case keys are accepted too. When the receipt carries the provider's
+EIP-712 signature, it is checked as well: a receipt is valid only when its
+provider signed it and it is in a batch that provider committed.
 """
 
 from __future__ import annotations
@@ -106,20 +110,24 @@ def verify(obj: CliContext, receipt_file: Any, root: str | None, proof_items: tu
         raise UserError("\"proof\" must be a list of 0x-hex hashes")
     proof = [_bytes32(p, f"proof item {i}") for i, p in enumerate(proof_source)]
 
+    signature_valid = _check_signature(obj, document["receipt"])
     leaf = receipt.leaf()
     locally = verify_proof(proof, root_bytes, leaf)
     registry = obj.contract("ReceiptRegistry")
     committed = registry.functions.isCommitted(receipt.provider, root_bytes).call()
     on_chain = registry.functions.verifyReceipt(root_bytes, receipt.as_tuple(), proof).call()
-    data = {"valid": bool(on_chain), "leaf": "0x" + leaf.hex(), "root": "0x" + root_bytes.hex(),
+    data = {"valid": bool(on_chain) and signature_valid is not False, "signature_valid": signature_valid, "leaf": "0x" + leaf.hex(), "root": "0x" + root_bytes.hex(),
             "proof_matches_root": locally, "root_committed": committed, "provider": receipt.provider,
             "payer": receipt.payer, "model_id": receipt.model_id, "amount": receipt.amount,
             "tokens_in": receipt.tokens_in, "tokens_out": receipt.tokens_out}  # fmt: skip
-    if on_chain:
+    if data["valid"]:
         emit(obj.json, data, f"valid: the receipt ({obj.fmt(receipt.amount)} for {receipt.tokens_in}+{receipt.tokens_out} tokens, "
              f"model {receipt.model_id}) is in the batch {data['root']} committed on chain by {receipt.provider}")  # fmt: skip
         return
-    if not committed:
+    if signature_valid is False:
+        message = f"the receipt is not signed by its provider {receipt.provider}: it was altered or forged"
+        hint = "use the receipt exactly as the gateway returned it"
+    elif not committed:
         message = f"root {data['root']} was not committed on chain by the receipt's provider {receipt.provider}"
         hint = "providers commit receipts in batches: retry later, or check the root you were given"
     else:
@@ -130,3 +138,27 @@ def verify(obj: CliContext, receipt_file: Any, root: str | None, proof_items: tu
         emit(True, data, "")
         raise click.exceptions.Exit(EXIT_FAILURE)
     raise CheckFailed(message, hint)
+
+
+def _check_signature(obj: CliContext, raw: dict[str, Any]) -> bool | None:
+    """The provider's EIP-712 signature checked (None when the receipt carries none)."""
+    if "signature" not in raw:
+        return None
+    from nodeai.serving.receipts import receipt_from_json, verify_receipt_signature
+
+    camel = {_camel(k): v for k, v in raw.items()}
+    try:
+        signed = receipt_from_json(camel)
+    except ValueError as exc:
+        raise UserError(f"the receipt cannot be read: {exc}", "pass the receipt exactly as the gateway returned it") from None
+    registry = obj.contract("ReceiptRegistry").address
+    if signed.chain_id != obj.deployment.chain_id or signed.registry.lower() != registry.lower():
+        raise UserError(f"the receipt was signed for chain {signed.chain_id} and registry {signed.registry}, "
+                        f"this network is chain {obj.deployment.chain_id} with registry {registry}",
+                        "verify it against its own network (--rpc-url, --deployments)")  # fmt: skip
+    return verify_receipt_signature(signed)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

@@ -147,7 +147,7 @@ def whoami(obj: CliContext) -> None:
         if data["connected"]:
             token = data["token"]
             lines += [f"chain id  {data['chain_id']}", f"ETH       {data['eth_balance'] / 10**18:.6f}",  # type: ignore[operator]
-                      f"{token['symbol']:<9} {obj.fmt(token['balance'])}"]  # type: ignore[index]  # fmt: skip
+                      f"balance   {obj.fmt(token['balance'])}"]  # type: ignore[index]  # fmt: skip
         else:
             lines.append(f"offline   {data['problem']}")
         return "\n".join(lines)

@@ -141,13 +141,15 @@ def indexer(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty NODEAI_HOME; every other NODEAI_* variable of the outer environment is removed."""
+    """An empty NODEAI_HOME (and working directory); every other NODEAI_* variable of the outer environment is removed."""
     for name in list(os.environ):
         if name.startswith("NODEAI_") and name not in ("NODEAI_TEST_HOME", "NODEAI_ANVIL"):
             monkeypatch.delenv(name)
     path = tmp_path / "nodeai-home"
     path.mkdir()
     monkeypatch.setenv("NODEAI_HOME", str(path))
+    # NOTE: the embedded kubo node writes kubo.log into the working directory: keep it out of the repository.
+    monkeypatch.chdir(tmp_path)
     return path
 
 

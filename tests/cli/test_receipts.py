@@ -9,7 +9,17 @@ from pathlib import Path
 
 from nodeai.chain.marketplace import synthetic_receipts
 from nodeai.chain.receipts import MerkleTree, Receipt
-from tests.cli.conftest import Chain, assert_user_error, run, run_json
+from nodeai.chain.anvil import ANVIL_KEYS
+from nodeai.serving.receipts import ReceiptSigner
+from tests.cli.conftest import ROLES, Chain, assert_user_error, run, run_json
+
+
+def _signed_file(path: Path, chain: Chain, receipt: Receipt, tree: MerkleTree, index: int) -> Path:
+    """The receipt as the gateway serves it: signed by the provider, with its batch's root and proof."""
+    signer = ReceiptSigner(ANVIL_KEYS[ROLES.index("provider")], chain.deployment.chain_id, chain.market.receipts.address)
+    path.write_text(json.dumps({"receipt": signer.sign(receipt).to_json(), "root": "0x" + tree.root.hex(),
+                                "proof": ["0x" + p.hex() for p in tree.proof(index)], "committed": True}))  # fmt: skip
+    return path
 
 
 def _receipt_file(path: Path, receipt: Receipt, tree: MerkleTree, index: int) -> Path:
@@ -38,6 +48,24 @@ def test_valid_receipt_is_included(chain: Chain, wallet: str, tmp_path: Path) ->
     assert data["root"] == "0x" + tree.root.hex() and data["amount"] == 1_500
     text = run("receipts", "verify", str(path))
     assert text.exit_code == 0 and text.stdout.startswith("valid:")
+
+
+def test_signed_receipt_from_the_gateway(chain: Chain, wallet: str, tmp_path: Path) -> None:
+    receipts, tree = _committed(chain)
+    path = _signed_file(tmp_path / "signed.json", chain, receipts[2], tree, 2)
+    data = run_json("receipts", "verify", str(path))
+    assert data["valid"] is True and data["signature_valid"] is True
+
+    doc = json.loads(path.read_text())
+    doc["receipt"]["tokensOut"] += 1000  # the provider's signature no longer matches, nor the leaf
+    path.write_text(json.dumps(doc))
+    data = run_json("receipts", "verify", str(path), code=1)
+    assert data["valid"] is False and data["signature_valid"] is False and "not signed by its provider" in data["reason"]
+
+    doc = json.loads(_signed_file(path, chain, receipts[2], tree, 2).read_text())
+    doc["receipt"]["chainId"] = 1
+    path.write_text(json.dumps(doc))
+    assert_user_error(run("receipts", "verify", str(path)), "signed for chain 1")
 
 
 def test_tampered_receipt_fails_with_exit_1(chain: Chain, wallet: str, tmp_path: Path) -> None:
