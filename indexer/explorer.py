@@ -78,8 +78,14 @@ class RpcRelay:
         self.urls = list(urls)
         self.timeout = timeout
         self._preferred = 0
-        self._session = requests.Session()
+        self._local = threading.local()  # NOTE: one requests.Session per thread: sessions are not thread-safe
         self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def check(self, body: Any) -> dict[str, Any] | None:
         """None when ``body`` may be forwarded, else a JSON-RPC error saying why not."""
@@ -100,7 +106,7 @@ class RpcRelay:
         last_error = "no RPC URL configured"
         for url in order:
             try:
-                reply = self._session.post(url, json=body, timeout=self.timeout)
+                reply = self._session().post(url, json=body, timeout=self.timeout)
             except requests.RequestException as exc:
                 last_error = f"{type(exc).__name__}"
                 continue
@@ -122,28 +128,29 @@ class LivenessProber:
     def __init__(self, timeout: float = 2.0, ttl: float = 15.0):
         self.timeout, self.ttl = timeout, ttl
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        # NOTE: one probing round at a time: visitors arriving while a round runs wait for it and
+        # read its results from the cache, instead of each probing every endpoint again.
         self._lock = threading.Lock()
 
     def probe_all(self, endpoints: Sequence[str]) -> dict[str, dict[str, Any]]:
-        now = time.monotonic()
-        results: dict[str, dict[str, Any]] = {}
-        stale: list[str] = []
         with self._lock:
+            now = time.monotonic()
+            results: dict[str, dict[str, Any]] = {}
+            stale: list[str] = []
             for endpoint in dict.fromkeys(endpoints):
                 cached = self._cache.get(endpoint)
                 if cached and now - cached[0] < self.ttl:
                     results[endpoint] = cached[1]
                 else:
                     stale.append(endpoint)
-        if stale:
-            # NOTE: a pool per call, not per process: probes are rare (cached), and nothing is left running.
-            with ThreadPoolExecutor(max_workers=min(len(stale), 16), thread_name_prefix="explorer-probe") as pool:
-                probed = list(pool.map(self._probe, stale))
-            with self._lock:
+            if stale:
+                # NOTE: a pool per round, not per process: rounds are rare (cached), and nothing is left running.
+                with ThreadPoolExecutor(max_workers=min(len(stale), 16), thread_name_prefix="explorer-probe") as pool:
+                    probed = list(pool.map(self._probe, stale))
                 for endpoint, result in zip(stale, probed):
                     results[endpoint] = result
                     self._cache[endpoint] = (time.monotonic(), result)
-        return results
+            return results
 
     def _probe(self, endpoint: str) -> dict[str, Any]:
         checked_at = int(time.time())
