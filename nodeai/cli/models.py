@@ -17,7 +17,7 @@ import click
 
 from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
-from nodeai.cli.output import check_amount, emit, parse_amount, short, status, table
+from nodeai.cli.output import check_amount, emit, parse_amount, short, table
 
 MAX_SHARE_BPS = 5_000
 FORMATS = {".gguf": "gguf", ".onnx": "onnx", ".safetensors": "safetensors", ".bin": "pytorch", ".pt": "pytorch",

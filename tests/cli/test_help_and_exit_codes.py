@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 import pytest
 
+from nodeai.chain.anvil import ANVIL_KEYS
 from nodeai.cli.main import cli
 from tests.cli.conftest import PASSWORD, ROLES, Chain, Indexer, run, write_wallet
-from nodeai.chain.anvil import ANVIL_KEYS
 
 # NOTE: mounted from the provider daemon's module, which documents its own subcommands.
 FOREIGN = {"node", "logs"}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from nodeai.ipfs import EmbeddedKuboStore
 from tests.cli.conftest import ONE, Chain, Indexer, assert_user_error, run, run_json
 
 
@@ -49,10 +53,13 @@ def test_show_of_a_missing_job_is_a_user_error(chain: Chain, wallet: str) -> Non
     assert_user_error(run("jobs", "show", "999999"), "no job 999999", "nodeai jobs list")
 
 
-def test_dispute_then_the_arbiter_refunds(chain: Chain, wallet: str) -> None:
+def test_dispute_pins_the_evidence_then_the_arbiter_refunds(chain: Chain, wallet: str, home: Path) -> None:
     job_id = _submitted_job(chain)
-    data = run_json("jobs", "dispute", str(job_id), "--reason-cid", "bafkreiexampleevidencecid000000000000000000000000")
+    data = run_json("jobs", "dispute", str(job_id), "--reason", "the output ignores the 60/40 target")
     assert data["state"] == "DISPUTED" and data["arbitration_ends"] > chain.now()
+    with EmbeddedKuboStore(home / "ipfs", offline=True) as store:
+        evidence = json.loads(store.get_bytes(data["reason_cid"]))
+    assert evidence == {"type": "nodeai.dispute", "job_id": job_id, "by": wallet, "reason": "the output ignores the 60/40 target"}
     assert run_json("jobs", "show", str(job_id))["state"] == "DISPUTED"
 
     before = chain.market.balance("requester")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from nodeai.chain.anvil import ANVIL_KEYS
-from nodeai.chain.anvil import free_port
+from nodeai.chain.anvil import ANVIL_KEYS, free_port
 from tests.cli.conftest import PASSWORD, Chain, Indexer, assert_user_error, run, run_json, write_wallet
 
 KEY = ANVIL_KEYS[7]

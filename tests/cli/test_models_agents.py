@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from nodeai.chain.jobs import ZERO_ADDRESS
 from nodeai.ipfs import EmbeddedKuboStore
