@@ -13,6 +13,7 @@ from nodeai.agents.errors import ToolArgumentError, ToolFailure
 from nodeai.agents.spec import IpfsToolConfig
 from nodeai.agents.tools import Tool, ToolContext, function
 from nodeai.agents.transcript import b64
+from nodeai.errors import NodeAIError
 
 
 class ContentStore(Protocol):
@@ -38,10 +39,12 @@ class IpfsTool(Tool):
         where = f"{self.tool_name}.get"
         try:
             data = self.store.get_bytes(cid, timeout=self.config.timeout_s)
-        except TimeoutError:
-            raise ToolFailure(where, f"{cid} not found within {self.config.timeout_s:g} s", retryable=True) from None
-        except ValueError as exc:  # NOTE: CidMismatchError and malformed CIDs are ValueErrors
-            raise ToolFailure(where, f"{cid}: {exc}") from None
+        except (TimeoutError, LookupError) as exc:  # NOTE: ArtifactNotFoundError: no peer had it (yet)
+            raise ToolFailure(where, f"{cid} not found within {self.config.timeout_s:g} s: {exc}", retryable=True) from None
+        except ValueError as exc:  # NOTE: CidMismatchError and InvalidCidError: retrying cannot help
+            raise ToolFailure(where, str(exc)) from None
+        except (OSError, NodeAIError) as exc:
+            raise ToolFailure(where, f"IPFS failed: {exc}", retryable=True) from None
         if len(data) > self.config.max_bytes:
             raise ToolFailure(where, f"{cid} holds {len(data):,} bytes, more than the limit of {self.config.max_bytes:,}")
         out: dict[str, Any] = {"cid": cid, "bytes": len(data)}
@@ -61,6 +64,6 @@ class IpfsTool(Tool):
             raise ToolArgumentError(where, f"{len(payload):,} bytes is more than the limit of {self.config.max_bytes:,}")
         try:
             cid = self.store.add_bytes(payload, pin=True)
-        except OSError as exc:
+        except (OSError, NodeAIError) as exc:
             raise ToolFailure(where, f"storing failed: {exc}", retryable=True) from None
         return {"cid": cid, "bytes": len(payload)}

@@ -54,6 +54,7 @@ from nodeai.agents.sql import SqlTool
 from nodeai.agents.store import ApprovalBook, RuntimeStore
 from nodeai.agents.tools import Tool, ToolContext, ToolFunction
 from nodeai.agents.transcript import Transcript, canonical, jsonable, sha256_hex
+from nodeai.errors import NodeAIError
 
 ResultStatus = Literal["succeeded", "failed", "waiting_approval"]
 MAX_INPUT_BYTES = 64 << 10
@@ -464,7 +465,7 @@ class AgentRuntime:
         for attempt in range(1, PIN_ATTEMPTS + 1):
             try:
                 return self.artifacts.add_bytes(data, pin=True)
-            except OSError:
+            except (OSError, NodeAIError):  # NOTE: nodeai.ipfs.IpfsError for a failing node
                 if attempt == PIN_ATTEMPTS:
                     raise
                 self.sleep(0.2 * attempt)

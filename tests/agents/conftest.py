@@ -196,3 +196,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "agents.db"
+
+
+@pytest.fixture(scope="module")
+def ipfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real embedded IPFS node (kubo in-process), offline, in a temporary repo."""
+    from nodeai.ipfs import EmbeddedKuboStore
+
+    with EmbeddedKuboStore(tmp_path_factory.mktemp("ipfs") / "repo", offline=True) as store:
+        yield store

@@ -23,6 +23,7 @@ from nodeai.agents import AgentRuntime, RuntimeStore, approvals_router, verify_t
 from nodeai.agents.errors import ApprovalClosed
 from nodeai.chain.anvil import free_port
 from nodeai.chain.client import Transactor
+from nodeai.ipfs import EmbeddedKuboStore
 from tests.agents.conftest import CHAIN_ID, DAY, ONE, Chain, treasury_spec, wait_until
 
 pytestmark = pytest.mark.integration
@@ -182,7 +183,9 @@ def test_approval_survives_a_killed_process_and_the_job_completes_after_restart(
     keystore = tmp_path / "wallet.json"
     keystore.write_text(json.dumps(Account.encrypt(chain.agent.key, "s3cret", kdf="pbkdf2", iterations=1_000)))
     state = tmp_path / "agents.db"
-    common = ["--state", str(state), "--rpc", f"{CHAIN_ID}={chain.url}", "--keystore", str(keystore), "--poll-s", "0.05"]
+    repo = tmp_path / "agent-ipfs"  # NOTE: the agent process's own IPFS node (one process per repo)
+    common = ["--state", str(state), "--rpc", f"{CHAIN_ID}={chain.url}", "--keystore", str(keystore), "--poll-s", "0.05",
+              "--ipfs-repo", str(repo)]  # fmt: skip
     env = dict(os.environ, NODEAI_KEYSTORE_PASSWORD="s3cret")
     python = [sys.executable, "-m", "nodeai.agents"]
 
@@ -216,6 +219,9 @@ def test_approval_survives_a_killed_process_and_the_job_completes_after_restart(
     transfers = [e for e in transcript["entries"] if e["kind"] == "tool" and e["data"]["call"] == "evm.erc20_transfer"
                  and "result" in e["data"]]  # fmt: skip
     assert len(transfers) == 1  # one transfer, sent by the restarted process
+    with EmbeddedKuboStore(repo, offline=True) as node:  # the transcript the restarted process pinned
+        pinned = node.get_bytes(result["transcript_cid"], timeout=10)
+    assert json.loads(pinned) == transcript
 
 
 class FlakyRpc:
