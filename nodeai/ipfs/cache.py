@@ -43,13 +43,15 @@ class CachedStore(ArtifactStore):
     """LRU cache of artifacts on local disk, bounded to ``max_bytes``, over ``inner``.
 
     An artifact larger than ``max_bytes`` is passed through without being
-    cached. Closing the cache closes ``inner`` too.
+    cached. Closing the cache closes ``inner`` too, unless ``owns_inner`` is
+    false (an inner store shared with other users).
     """
 
-    def __init__(self, inner: ArtifactStore, cache_dir: Path, max_bytes: int) -> None:
+    def __init__(self, inner: ArtifactStore, cache_dir: Path, max_bytes: int, *, owns_inner: bool = True) -> None:
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
         self.inner = inner
+        self.owns_inner = owns_inner
         self.cache_dir = Path(cache_dir)
         self.max_bytes = max_bytes
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,8 @@ class CachedStore(ArtifactStore):
             if self._closed:
                 return
             self._closed = True
-        self.inner.close()
+        if self.owns_inner:
+            self.inner.close()
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, {str(self.cache_dir)!r}, max_bytes={self.max_bytes})"

@@ -39,7 +39,7 @@ _ADD_PARAMS = {
     "quieter": "true",
 }
 _CONTROL_TIMEOUT_S = 30.0
-_HAS_TIMEOUT = "2s"
+_HAS_TIMEOUT = "1s"
 _STREAM_PIECE = 1 << 16
 
 

@@ -184,6 +184,7 @@ def test_closing_cancels_an_abandoned_fetch(tmp_path: Path) -> None:
     assert not (tmp_path / "repo" / "nodeai-partial").exists()
 
 
+@settings(max_examples=30)
 @given(port=st.one_of(st.none(), st.integers(0, 65_535)), peers=st.lists(st.text(max_size=20), max_size=3))
 def test_network_config_never_reaches_out_on_its_own(port: int | None, peers: list[str]) -> None:
     default = {"Bootstrap": ["/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"],
