@@ -28,8 +28,8 @@ _EXPORTS = {
     "ConfigError": "config", "NodeConfig": "config", "PlaintextKeyError": "config", "example_config": "config",
     "load_config": "config", "AgentExecutor": "executors", "BatchInferenceExecutor": "executors",
     "ExecutionResult": "executors", "Executor": "executors", "ExecutorRegistry": "executors", "JobContext": "executors",
-    "ProviderDaemon": "loop", "run_worker": "loop", "PendingReceipt": "settlement", "ReceiptSource": "settlement",
-    "SignedVoucher": "settlement", "VoucherSource": "settlement", "JobRecord": "state", "Phase": "state",
+    "ProviderDaemon": "loop", "run_worker": "loop", "ReceiptBatch": "settlement", "ReceiptSource": "settlement",
+    "RedeemableVoucher": "settlement", "VoucherSource": "settlement", "JobRecord": "state", "Phase": "state",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

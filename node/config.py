@@ -130,18 +130,22 @@ class ClaimConfig(Section):
 class BatchingConfig(Section):
     """When inference vouchers are redeemed and receipt roots committed."""
 
+    gateway_store: Path | None = None
+    """The gateway's store (its SQLite file) holding vouchers and receipts; none: nothing to redeem or commit."""
     interval: float = Field(30.0, gt=0)
     """Seconds between checks of the voucher and receipt thresholds."""
     voucher_min_amount: int = Field(10_000_000, ge=0)
     """Redeem once the vouchers not yet redeemed are worth at least this much (token base units)..."""
-    voucher_max_age: float = Field(86_400.0, gt=0)
-    """...or once the oldest of them is this many seconds old (vouchers expire)."""
+    voucher_expiry_margin: float = Field(3_600.0, ge=0)
+    """...or once one of them expires within this many seconds."""
+    voucher_min_validity: int = Field(60, ge=0)
+    """Vouchers expiring sooner than this are not sent (the transaction could land after the expiry)."""
     voucher_max_batch: int = Field(64, ge=1, le=64)
     """Vouchers per redeemBatch transaction (the contract takes at most 64)."""
     receipt_min_count: int = Field(256, ge=1)
     """Commit a Merkle root once this many receipts wait..."""
     receipt_max_age: float = Field(3_600.0, gt=0)
-    """...or once the oldest waiting receipt is this many seconds old."""
+    """...or, when any receipt waits, once the last commit is this many seconds ago."""
     receipt_max_batch: int = Field(4_096, ge=1)
     """Receipts per committed root."""
 
@@ -392,6 +396,7 @@ def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
     config.keystore.password_file = fix(config.keystore.password_file)
     config.ipfs.directory = fix(config.ipfs.directory)
     config.logging.file = fix(config.logging.file)
+    config.batching.gateway_store = fix(config.batching.gateway_store)
     return config
 
 
@@ -433,6 +438,7 @@ _EXAMPLE_VALUES: dict[str, Any] = {
     "engine.factory": "nodeai.serving.engines.llamacpp:LlamaCppEngine",
     "feed.db_url": "postgresql://indexer@127.0.0.1:5432/indexer",
     "keystore.password_file": "~/.nodeai/keystore.password",
+    "batching.gateway_store": "~/.nodeai/gateway/gateway.db",
 }
 
 

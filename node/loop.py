@@ -262,8 +262,19 @@ class ProviderDaemon:
             self.engine = load_engine(config.engine.factory, config.engine.options)
         if self.executors is None:
             self.executors = build_executors(config, self.engine)
+        if self.vouchers is None and self.receipts is None and config.batching.gateway_store is not None:
+            self.vouchers = self.receipts = self._gateway_store(config.batching.gateway_store)
         self.settler = Settler(self.chain, self.state, config.batching, self.vouchers, self.receipts, self.metrics)
         self.metrics.bind(self.state.counts, self._cache_stats)
+
+    def _gateway_store(self, path: Path) -> Any:
+        try:
+            from nodeai.serving.store import GatewayStore
+        except ImportError as exc:
+            raise ConfigError(f"batching.gateway_store needs the gateway (nodeai.serving.store): {exc}") from None
+        if not path.is_file():
+            raise ConfigError(f"no gateway store at {path}: start the gateway first or fix batching.gateway_store")
+        return GatewayStore(path, self.account.address)
 
     def _cache_stats(self) -> tuple[int, int] | None:
         stats = getattr(self.artifacts, "stats", None)

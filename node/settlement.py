@@ -1,26 +1,29 @@
 """Inference settlement in batches: redeem vouchers, commit receipt roots.
 
-The gateway (``nodeai.serving.gateway``) keeps the vouchers its clients sign
-and the receipts it signs for them; the daemon sees them only through two
-small protocols, :class:`VoucherSource` and :class:`ReceiptSource`, and turns
-them into transactions when the thresholds of ``[batching]`` say so
-(:func:`vouchers_due`, :func:`receipts_due`, both pure).
+The gateway (``nodeai.serving``) keeps the vouchers its clients sign and the
+receipts it signs for them in its store (``serving/store.py::GatewayStore``);
+the daemon sees that store only through two small structural protocols,
+:class:`VoucherSource` and :class:`ReceiptSource` (the gateway store satisfies
+both), and turns them into transactions when the thresholds of ``[batching]``
+say so (:func:`vouchers_due`, :func:`receipts_due`, both pure).
 
-Both are safe to repeat after a crash: a voucher already redeemed pays 0 (it
-is then only marked), and a receipt batch is written to the local state
-(root and receipt ids) before its transaction is sent, so a restart re-sends
-the same root or finds it committed - a receipt never ends in two roots.
+Both are safe to repeat after a crash:
+
+* a voucher already redeemed pays 0; the escrow's ``redeemed`` counter then
+  shows it was paid and it is only marked, nothing is sent;
+* receipts are put into a *prepared* batch in the gateway's store (root and
+  members persisted) before the commit transaction is sent, and a prepared
+  batch left by a crash is committed first (or found committed): a receipt
+  never ends under two roots.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
-from nodeai.chain.receipts import MerkleTree, Receipt
+from nodeai.chain.receipts import Receipt
 from nodeai.chain.vouchers import Voucher
 from nodeai.errors import ContractReverted
 from nodeai.node.chain import ProviderChain
@@ -29,142 +32,152 @@ from nodeai.node.state import StateStore
 
 log = logging.getLogger("nodeai.node.settlement")
 
-__all__ = [
-    "SignedVoucher", "PendingReceipt", "VoucherSource", "ReceiptSource", "vouchers_due", "receipts_due", "Settler",
-]  # fmt: skip
+__all__ = ["RedeemableVoucher", "ReceiptBatch", "VoucherSource", "ReceiptSource", "vouchers_due", "receipts_due", "Settler"]
 
 
-@dataclass(frozen=True, slots=True)
-class SignedVoucher:
+class RedeemableVoucher(Protocol):
     voucher: Voucher
     signature: bytes
-    received_at: float  # unix time the gateway accepted it
 
 
-@dataclass(frozen=True, slots=True)
-class PendingReceipt:
-    id: str              # the gateway's id of the receipt (stable across restarts)
+class _Signed(Protocol):
     receipt: Receipt
-    received_at: float
+
+
+class ReceiptBatch(Protocol):
+    id: int
+    root: bytes
+    receipts: Sequence[_Signed]
 
 
 @runtime_checkable
 class VoucherSource(Protocol):
-    def unredeemed(self) -> list[SignedVoucher]:
-        """The highest voucher per (payer, model) that may pay more than was redeemed, oldest first."""
+    def redeemable(self, now: int, min_validity: int = 0, min_gain: int = 1) -> Sequence[RedeemableVoucher]:
+        """Per (payer, model), the highest voucher that pays more than was redeemed, valid past ``now + min_validity``."""
 
-    def mark_redeemed(self, vouchers: Sequence[SignedVoucher], tx_hash: str | None) -> None:
-        """These vouchers are paid (``tx_hash`` None: they were already, nothing was sent)."""
+    def mark_redeemed(self, redeemed: Iterable[tuple[str, int, int]]) -> None:
+        """``(payer, model id, cumulative amount)`` paid out by the escrow."""
 
 
 @runtime_checkable
 class ReceiptSource(Protocol):
-    def uncommitted(self, limit: int) -> list[PendingReceipt]:
-        """Up to ``limit`` receipts not yet in a committed root, oldest first."""
+    def pending_receipts(self) -> int:
+        """Receipts not in any batch yet."""
 
-    def mark_committed(self, ids: Sequence[str], root: bytes, tx_hash: str | None) -> None:
-        """These receipts are under ``root`` on chain."""
+    def prepare_batch(self, max_count: int) -> ReceiptBatch | None:
+        """Persist up to ``max_count`` pending receipts (oldest first) as a new prepared batch."""
 
+    def batches(self, status: str | None = None) -> Sequence[ReceiptBatch]:
+        """Batches, e.g. the ``"prepared"`` ones not yet committed."""
 
-def vouchers_due(total: int, count: int, oldest_age: float, config: BatchingConfig) -> bool:
-    """Redeem when something is owed and it is worth it or getting old (vouchers expire)."""
-    return count > 0 and total > 0 and (total >= config.voucher_min_amount or oldest_age >= config.voucher_max_age)
-
-
-def receipts_due(count: int, oldest_age: float, config: BatchingConfig) -> bool:
-    return count > 0 and (count >= config.receipt_min_count or oldest_age >= config.receipt_max_age)
+    def mark_batch_committed(self, batch_id: int, tx_hash: str | None) -> None:
+        """The batch's root is on chain (``tx_hash`` None: found there already)."""
 
 
-_PLANNED = "planned_receipt_batch"
+def vouchers_due(total: int, count: int, seconds_to_first_expiry: float, config: BatchingConfig) -> bool:
+    """Redeem when something is owed and it is worth a transaction, or a voucher is about to expire."""
+    return count > 0 and total > 0 and (total >= config.voucher_min_amount
+                                        or seconds_to_first_expiry <= config.voucher_expiry_margin)
+
+
+def receipts_due(pending: int, seconds_since_last_commit: float, config: BatchingConfig) -> bool:
+    """Commit when enough receipts wait, or any waited ``receipt_max_age`` since the last commit."""
+    return pending > 0 and (pending >= config.receipt_min_count or seconds_since_last_commit >= config.receipt_max_age)
+
+
+_LAST_COMMIT = "receipts_last_commit"
 
 
 class Settler:
-    """One pass of ``run_once`` redeems and commits whatever the thresholds say is due."""
+    """One ``run_once`` redeems and commits whatever the thresholds say is due."""
 
     def __init__(self, chain: ProviderChain, state: StateStore, config: BatchingConfig,
                  vouchers: VoucherSource | None = None, receipts: ReceiptSource | None = None, metrics: Any = None):
         self.chain, self.state, self.config = chain, state, config
         self.vouchers, self.receipts, self.metrics = vouchers, receipts, metrics
+        if not state.get_meta(_LAST_COMMIT):
+            # NOTE: the age clock starts with the first run, not at 1970: a new node commits by count first.
+            state.set_meta(_LAST_COMMIT, str(time.time()))
 
     def run_once(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
         done = {"vouchers_redeemed": 0, "amount_redeemed": 0, "receipts_committed": 0}
         if self.vouchers is not None:
-            done.update(self._redeem(now))
+            done.update(self._redeem(self.chain.now()))
         if self.receipts is not None:
-            done["receipts_committed"] = self._commit(now)
+            done["receipts_committed"] = self._commit(time.time() if now is None else now)
         return done
 
-    # -- vouchers ---------------------------------------------------------------------------------------
-    def _redeem(self, now: float) -> dict[str, int]:
+    # -- vouchers -----------------------------------------------------------------------------------
+    def _redeem(self, chain_now: int) -> dict[str, int]:
         assert self.vouchers is not None
-        candidates = self.vouchers.unredeemed()
-        escrow = self.chain.escrow
-        payable = [(v, escrow.functions.redeemable(v.voucher.as_tuple()).call()) for v in candidates]
-        stale = [v for v, amount in payable if amount == 0]
-        if stale:
-            self.vouchers.mark_redeemed(stale, None)
-        live = [(v, amount) for v, amount in payable if amount > 0]
+        escrow = self.chain.escrow.functions
+        me = self.chain.address
+        # NOTE: a voucher must stay valid until its transaction is mined: ask only for ones that do.
+        candidates = list(self.vouchers.redeemable(chain_now, min_validity=self.config.voucher_min_validity))
+        live: list[tuple[RedeemableVoucher, int]] = []
+        paid_before: list[tuple[str, int, int]] = []
+        for c in candidates:
+            v = c.voucher
+            already = escrow.redeemed(v.payer, me, v.model_id).call()
+            if already >= v.cumulative_amount:
+                paid_before.append((v.payer, v.model_id, already))  # a crash after the transaction: only mark it
+                continue
+            amount = escrow.redeemable(v.as_tuple()).call()
+            if amount > 0:
+                live.append((c, amount))
+        if paid_before:
+            self.vouchers.mark_redeemed(paid_before)
         total = sum(amount for _, amount in live)
-        oldest = min((v.received_at for v, _ in live), default=now)
-        if not vouchers_due(total, len(live), now - oldest, self.config):
+        first_expiry = min((c.voucher.expiry for c, _ in live), default=chain_now) - chain_now
+        if not vouchers_due(total, len(live), first_expiry, self.config):
             return {"vouchers_redeemed": 0, "amount_redeemed": 0}
         redeemed = amount_paid = 0
         for start in range(0, len(live), self.config.voucher_max_batch):
-            batch = [v for v, _ in live[start:start + self.config.voucher_max_batch]]
-            fn = escrow.functions.redeemBatch(self.chain.address, [v.voucher.as_tuple() for v in batch],
-                                              [v.signature for v in batch])
+            batch = [c for c, _ in live[start:start + self.config.voucher_max_batch]]
+            fn = self.chain.escrow.functions.redeemBatch(me, [c.voucher.as_tuple() for c in batch],
+                                                         [c.signature for c in batch])
             result = self.chain.tx.send(fn, f"redeemBatch of {len(batch)}")
-            paid = sum(e["paid"] for e in result.events.get("VoucherRedeemed", []))
-            self.vouchers.mark_redeemed(batch, result.tx_hash)
+            events = result.events.get("VoucherRedeemed", [])
+            self.vouchers.mark_redeemed([(e["payer"], e["modelId"], e["cumulativeAmount"]) for e in events])
+            paid = sum(e["paid"] for e in events)
             redeemed += len(batch)
             amount_paid += paid
             if self.metrics is not None:
                 self.metrics.vouchers_redeemed(len(batch), paid)
-            log.info("redeemed %d vouchers for %d token units in %s", len(batch), paid, result.tx_hash)
+            log.info("redeemed %d vouchers for %d token units", len(batch), paid, extra={"tx": result.tx_hash})
         return {"vouchers_redeemed": redeemed, "amount_redeemed": amount_paid}
 
-    # -- receipts ---------------------------------------------------------------------------------------
+    # -- receipts -------------------------------------------------------------------------------------
     def _commit(self, now: float) -> int:
         assert self.receipts is not None
-        committed = 0
-        planned = self.state.get_meta(_PLANNED)
-        if planned:
-            committed += self._send_planned(json.loads(planned))
-        while True:
-            pending = self.receipts.uncommitted(self.config.receipt_max_batch)
-            oldest = min((p.received_at for p in pending), default=now)
-            if not receipts_due(len(pending), now - oldest, self.config):
-                return committed
-            receipts = [p.receipt for p in pending]
-            tree = MerkleTree([r.leaf() for r in receipts])
-            plan = {
-                "root": "0x" + tree.root.hex(), "ids": [p.id for p in pending], "count": len(receipts),
-                "tokens_in": sum(r.tokens_in for r in receipts), "tokens_out": sum(r.tokens_out for r in receipts),
-                "amount": sum(r.amount for r in receipts), "from": min(r.timestamp for r in receipts),
-                "to": max(r.timestamp for r in receipts),
-            }  # fmt: skip
-            self.state.set_meta(_PLANNED, json.dumps(plan))  # NOTE: before the transaction, see the module docstring
-            committed += self._send_planned(plan)
-            if len(pending) < self.config.receipt_max_batch:
-                return committed
+        committed = sum(self._send(batch) for batch in self.receipts.batches("prepared"))
+        last = float(self.state.get_meta(_LAST_COMMIT) or 0)
+        while receipts_due(self.receipts.pending_receipts(), now - last, self.config):
+            batch = self.receipts.prepare_batch(self.config.receipt_max_batch)
+            if batch is None:
+                break
+            committed += self._send(batch)
+            last = now
+        return committed
 
-    def _send_planned(self, plan: dict[str, Any]) -> int:
+    def _send(self, batch: ReceiptBatch) -> int:
         assert self.receipts is not None
-        root = bytes.fromhex(plan["root"][2:])
         registry = self.chain.receipts
+        receipts = [s.receipt for s in batch.receipts]
         tx_hash = None
-        if not registry.functions.isCommitted(self.chain.address, root).call():
-            fn = registry.functions.commitReceipts(root, plan["count"], plan["tokens_in"], plan["tokens_out"],
-                                                   plan["amount"], plan["from"], plan["to"])
+        if not registry.functions.isCommitted(self.chain.address, batch.root).call():
+            fn = registry.functions.commitReceipts(
+                batch.root, len(receipts), sum(r.tokens_in for r in receipts), sum(r.tokens_out for r in receipts),
+                sum(r.amount for r in receipts), min(r.timestamp for r in receipts), max(r.timestamp for r in receipts))
             try:
-                tx_hash = self.chain.tx.send(fn, f"commitReceipts of {plan['count']}").tx_hash
+                tx_hash = self.chain.tx.send(fn, f"commitReceipts of {len(receipts)}").tx_hash
             except ContractReverted as exc:
                 if "already committed" not in exc.reason:
                     raise
-        self.receipts.mark_committed(plan["ids"], root, tx_hash)
-        self.state.set_meta(_PLANNED, "")
+        self.receipts.mark_batch_committed(batch.id, tx_hash)
+        self.state.set_meta(_LAST_COMMIT, str(time.time()))
         if self.metrics is not None:
-            self.metrics.receipts_committed(plan["count"])
-        log.info("committed %d receipts under root %s (%s)", plan["count"], plan["root"], tx_hash or "already on chain")
-        return plan["count"]
+            self.metrics.receipts_committed(len(receipts))
+        log.info("committed %d receipts under root 0x%s", len(receipts), batch.root.hex(),
+                 extra={"tx": tx_hash or "already on chain"})
+        return len(receipts)
