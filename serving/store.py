@@ -244,6 +244,13 @@ class GatewayStore:
         ]  # fmt: skip
         return [r for r in found if r.gain >= min_gain]
 
+    def vouchers(self, payer: str, model_id: int) -> list[Voucher]:
+        """The stored vouchers of one channel, lowest first (for inspection and tests)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT cumulative, expiry FROM vouchers WHERE payer = ? AND model_id = ? "
+                              "ORDER BY cumulative", (to_checksum_address(payer), model_id)).fetchall()
+        return [Voucher(to_checksum_address(payer), self.provider, model_id, int(c), e) for c, e in rows]
+
     def mark_redeemed(self, redeemed: Iterable[tuple[str, int, int]]) -> None:
         """Record ``(payer, model_id, cumulative)`` as paid out by the escrow; drop the vouchers it supersedes."""
         now = time.time()
