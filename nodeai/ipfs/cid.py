@@ -49,11 +49,12 @@ def compute_cid(data: bytes) -> str:
 
 def compute_file_cid(path: Path, *, progress: Callable[[int, int], None] | None = None) -> str:
     """:func:`compute_cid` of a file's content, read in 1 MiB pieces (constant memory)."""
-    return cid_v0(_file_dag(path, progress=progress).finish())
+    return cid_v0(file_dag(path, progress=progress).finish())
 
 
-def _file_dag(path: Path, *, progress: Callable[[int, int], None] | None = None,
-              keep_leaves: bool = False) -> DagBuilder:
+def file_dag(path: Path, *, progress: Callable[[int, int], None] | None = None,
+             keep_leaves: bool = False) -> DagBuilder:
+    """The finished DagBuilder of a file (``keep_leaves``: with every leaf's multihash and size)."""
     builder = DagBuilder(keep_leaves=keep_leaves)
     total = path.stat().st_size
     with path.open("rb") as fh:
@@ -95,6 +96,6 @@ def verify_file_cid(path: Path, cid: str, *, source: str | None = None) -> None:
                 digest.update(piece)
         multihash = bytes((SHA2_256, 32)) + digest.digest()
     else:
-        multihash = _file_dag(path).finish()
+        multihash = file_dag(path).finish()
     if multihash != bytes(expected.digest):
         raise CidMismatchError(cid, _actual_for(expected, multihash), source=source or f"file {path}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from nodeai.ipfs.cid import _file_dag, cid_v0, compute_cid, parse_cid, verify_cid, verify_file_cid
+from nodeai.ipfs.cid import cid_v0, compute_cid, file_dag, parse_cid, verify_cid, verify_file_cid
 from nodeai.ipfs.errors import ArtifactNotFoundError, CidMismatchError, IpfsError, StoreClosedError
 from nodeai.ipfs.flatfs import DagProgress, Flatfs, dag_complete, leaves_present
 from nodeai.ipfs.store import (ArtifactStore, Progress, check_source_file, check_timeout, move_or_copy,
@@ -233,7 +233,7 @@ class EmbeddedKuboStore(ArtifactStore):
 
     def add_file(self, path: Path, *, progress: Progress | None = None) -> str:
         path = check_source_file(Path(path))
-        builder = _file_dag(path, keep_leaves=progress is not None)
+        builder = file_dag(path, keep_leaves=progress is not None)
         expected = cid_v0(builder.finish())
         with self._op():
             if progress is None:

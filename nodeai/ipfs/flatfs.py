@@ -88,6 +88,11 @@ class DagProgress:
     def complete(self) -> bool:
         return not self._pending
 
+    @property
+    def outstanding(self) -> tuple[bytes, ...]:
+        """Multihashes of the blocks still to be seen."""
+        return tuple(multihash for multihash, _ in self._pending)
+
     def poll(self) -> tuple[int, int | None]:
         """Look again at the outstanding blocks; raise DagFormatError for a non-file DAG."""
         still: list[tuple[bytes, int | None]] = []
@@ -124,9 +129,9 @@ def dag_complete(blocks: Flatfs, root: bytes, *, raw_root: bool = False) -> bool
         # NOTE: each poll resolves one more level of the tree (or finds a
         # block missing), so the loop ends after at most depth+1 rounds.
         while not progress.complete:
-            outstanding = list(progress._pending)
+            outstanding = progress.outstanding
             progress.poll()
-            if progress._pending == outstanding:
+            if progress.outstanding == outstanding:
                 return False
         return True
     except DagFormatError:

@@ -198,3 +198,9 @@ def test_network_config_never_reaches_out_on_its_own(port: int | None, peers: li
     assert cfg["Swarm"]["Transports"]["Network"]["QUIC"] is False
     assert cfg["Routing"]["Type"] == "none"
     assert default["Bootstrap"] != [], "the input is not modified"
+
+
+
+def test_swarm_port_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TCP port"):
+        EmbeddedKuboStore(tmp_path / "repo", swarm_port=70_000)
