@@ -125,7 +125,7 @@ class RpcRelay:
 class LivenessProber:
     """Probes providers' OpenAI-compatible endpoints; results are cached for ``ttl`` seconds."""
 
-    def __init__(self, timeout: float = 2.0, ttl: float = 15.0):
+    def __init__(self, timeout: float = 5.0, ttl: float = 15.0):
         self.timeout, self.ttl = timeout, ttl
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         # NOTE: one probing round at a time: visitors arriving while a round runs wait for it and
@@ -197,7 +197,7 @@ def _context(request: Request) -> ApiContext:
 
 
 def mount_explorer(app: FastAPI, deployments: Deployment | str | os.PathLike[str], *,
-                   rpc_urls: Sequence[str] = (), probe_providers: bool = True, probe_timeout: float = 2.0,
+                   rpc_urls: Sequence[str] = (), probe_providers: bool = True, probe_timeout: float = 5.0,
                    liveness_ttl: float = 15.0) -> None:  # fmt: skip
     """Serve the explorer page at ``/explorer/`` (``/`` redirects there) on an indexer ``app``.
 

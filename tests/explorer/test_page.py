@@ -7,6 +7,7 @@ it only through the indexer's SSE stream (never by reloading).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -178,8 +179,6 @@ def _receipt_json(explorer: Explorer, index: int, **changes: object) -> str:
         "latencyMs": receipt.latency_ms, "amount": str(receipt.amount), "timestamp": receipt.timestamp,
     }  # fmt: skip
     body.update(changes)
-    import json
-
     return json.dumps(body, indent=2)
 
 
