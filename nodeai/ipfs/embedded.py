@@ -122,7 +122,9 @@ class EmbeddedKuboStore(ArtifactStore):
 
     ``swarm_port`` is the TCP port to listen on (``None``: any free port);
     ``offline=True`` listens nowhere and refuses :meth:`connect`, so only local
-    content is served. ``bootstrap`` lists peers to join at start.
+    content is served. ``bootstrap`` lists peer multiaddrs to join at start
+    (dialled once before the constructor returns, then kept by kubo's
+    bootstrapper; one that is down is skipped).
     """
 
     def __init__(self, repo_path: Path, *, swarm_port: int | None = None, offline: bool = False,
@@ -180,6 +182,12 @@ class EmbeddedKuboStore(ArtifactStore):
         if not self._peer_id:
             lib.CleanupNode(_c(self.repo_path))
             raise IpfsError(f"kubo started on {self.repo_path} but reported no peer id")
+        if not self.offline:
+            for peer in bootstrap:
+                # NOTE: kubo's bootstrapper dials these in the background (and
+                # keeps retrying); dialling once here means a fetch right after
+                # start finds them connected. A peer that is down is not fatal.
+                lib.ConnectToPeer(_c(self.repo_path), _c(peer))
 
     # -- node facts
 

@@ -204,3 +204,12 @@ def test_network_config_never_reaches_out_on_its_own(port: int | None, peers: li
 def test_swarm_port_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TCP port"):
         EmbeddedKuboStore(tmp_path / "repo", swarm_port=70_000)
+
+
+def test_bootstrap_peers_are_joined_at_start(publisher: EmbeddedKuboStore, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    cid = publisher.add_bytes(data)
+    down = "/ip4/127.0.0.1/tcp/1/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"
+    with EmbeddedKuboStore(tmp_path / "repo", bootstrap=[down, publisher.multiaddrs()[0]]) as joined:
+        assert publisher.peer_id in joined.peers()
+        assert joined.get_bytes(cid, timeout=20) == data
