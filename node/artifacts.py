@@ -28,7 +28,7 @@ _CID = re.compile(r"^[A-Za-z0-9]{10,100}$")
 
 
 class ArtifactError(NodeError):
-    """An artifact is missing or does not match its CID."""
+    """An artifact is missing or does not match its CID (the directory backend; nodeai.ipfs has its own)."""
 
 
 @runtime_checkable
@@ -74,14 +74,17 @@ def open_artifact_store(config: NodeConfig) -> Any:
     if ipfs.backend == "directory":
         return DirectoryStore(ipfs.directory or config.state_path / "artifacts")
     try:
-        from nodeai import ipfs as ipfs_module  # type: ignore[attr-defined]
+        from nodeai import ipfs as ipfs_module
     except ImportError as exc:
         raise ConfigError(f'ipfs.backend = "{ipfs.backend}" needs nodeai.ipfs, which cannot be imported ({exc}); '
                           'use backend = "directory" on a single host') from None
     if ipfs.backend == "embedded":
-        store = ipfs_module.EmbeddedKuboStore(config.state_path / "ipfs", swarm_port=ipfs.swarm_port)
+        store = ipfs_module.EmbeddedKuboStore(config.state_path / "ipfs", swarm_port=ipfs.swarm_port,
+                                              bootstrap=tuple(ipfs.peers))
     else:
         store = ipfs_module.KuboRpcStore(ipfs.api_url)
     if ipfs.cache_max_bytes:
         store = ipfs_module.CachedStore(store, config.state_path / "artifact-cache", ipfs.cache_max_bytes)
+    # NOTE: kubo CIDs are CIDv0 of a UnixFS DAG, DirectoryStore's are CIDv1 raw: the same bytes
+    # have different CIDs in the two backends, and both are verified on every read.
     return store

@@ -203,6 +203,8 @@ class IpfsConfig(Section):
     """Folder of the "directory" backend (default: state_dir/artifacts)."""
     swarm_port: int | None = None
     """Swarm port of the embedded node (default: any free port)."""
+    peers: list[str] = Field(default_factory=list)
+    """Multiaddrs of IPFS peers the embedded node joins at start (/ip4/HOST/tcp/PORT/p2p/PEER_ID)."""
     cache_max_bytes: int = Field(10 * 2**30, ge=0)
     """Size limit of the local artifact cache (LRU); 0 disables the cache."""
 

@@ -103,14 +103,14 @@ async def execute_job(executors: ExecutorRegistry, artifacts: Any, ctx: JobConte
     not match) yields a failure report; transient problems (the store or the
     engine unreachable) raise, and the caller retries.
     """
+    from nodeai.ipfs import ArtifactNotFoundError, CidMismatchError, InvalidCidError
+
     started = time.monotonic()
     try:
         data = await asyncio.to_thread(artifacts.get_bytes, input_cid)
-    except ArtifactError as exc:
-        result = failure_result(ctx, f"input {input_cid} unusable: {exc}")
-    except Exception as exc:  # noqa: BLE001 - nodeai.ipfs raises its own CidMismatchError; classified by name
-        if type(exc).__name__ not in ("CidMismatchError", "ArtifactNotFoundError"):
-            raise
+    except (ArtifactError, CidMismatchError, InvalidCidError, ArtifactNotFoundError) as exc:
+        # NOTE: after the store's own timeout a missing input is as final as a corrupt one: report it
+        # (charge 0, bond released) rather than hold the job until its deadline slashes the bond.
         result = failure_result(ctx, f"input {input_cid} unusable: {exc}")
     else:
         try:

@@ -97,7 +97,8 @@ def keystore(tmp_path: Path) -> Path:
 
 
 def node_toml(tmp_path: Path, suite: Suite, keystore: Path, *, stake: int = 1_000 * ONE, extra: str = "",
-              models: str | None = None, engine_delay: float = 0.0, http_port: int = 0, queue: str = "") -> Path:
+              models: str | None = None, engine_delay: float = 0.0, http_port: int = 0, queue: str = "",
+              ipfs: str | None = None) -> Path:
     """A node.toml for ``suite``: directory artifacts, the test engine, short polls."""
     models = models if models is not None else (
         f"[[provider.models]]\nid = {suite.model_id}\nprice_per_1k_tokens = {PRICE}\nengine_model = \"{MODEL_NAME}\"\n")
@@ -127,8 +128,7 @@ max_backoff = 1
 [feed]
 poll_interval = 0.05
 [ipfs]
-backend = "directory"
-directory = "{tmp_path / 'artifacts'}"
+{ipfs if ipfs is not None else f'backend = "directory"{chr(10)}directory = "{tmp_path / "artifacts"}"'}
 [engine]
 factory = "tests.node.engines:WordEngine"
 options = {{ model = "{MODEL_NAME}", delay = {engine_delay} }}

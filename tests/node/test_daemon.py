@@ -118,3 +118,35 @@ def test_unusable_input_is_settled_with_a_full_refund_and_unwanted_jobs_are_left
         assert len(events(suite, "JobClaimed")) == 1
     finally:
         runner.stop()
+
+
+def test_input_and_output_travel_over_embedded_ipfs(suite: Suite, keystore: Path, tmp_path: Path) -> None:
+    """The requester's own kubo node holds the input; the daemon's embedded node fetches it over the
+    network (verified against its CID), and the requester fetches the output back from the daemon's node."""
+    from nodeai.chain.jobs import ZERO_ADDRESS
+    from nodeai.ipfs import EmbeddedKuboStore
+
+    m = suite.market
+    with EmbeddedKuboStore(tmp_path / "requester-ipfs") as requester_node:
+        peers = json.dumps(requester_node.multiaddrs()[:1])
+        path = node_toml(tmp_path, suite, keystore,
+                         ipfs=f'backend = "embedded"\npeers = {peers}\ncache_max_bytes = 10000000')
+        config = load_config(path, environ={})
+        assert config.ipfs.backend == "embedded"
+        runner = DaemonThread(ProviderDaemon(config, load_account(config.keystore.path, PASSWORD))).start()
+        daemon = runner.daemon
+        try:
+            cid = requester_node.add_bytes(batch_input("over the wire", max_tokens=2))
+            deadline = m.now() + 86_400
+            result = m.send("requester", m.market.functions.createJob(suite.model_id, cid, 2 * ONE, deadline,
+                                                                     ZERO_ADDRESS, 0), "createJob")
+            job_id = result.event("JobCreated")["jobId"]
+            wait_until(lambda: phase(daemon, job_id) is Phase.SUBMITTED, 60, "the job to be submitted")
+            output_cid = daemon.state.get(job_id).output_cid
+            assert output_cid.startswith("Qm") and output_cid != cid
+            output = json.loads(requester_node.get_bytes(output_cid, timeout=30))
+            assert output["results"][0]["text"] == "wire the"
+            metrics = httpx.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
+            assert "nodeai_node_artifact_cache_misses_total 1.0" in metrics
+        finally:
+            runner.stop()
