@@ -35,3 +35,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || [ ! -x node_modules/.bin/anvi
     npm ci --no-audit --no-fund --loglevel=error
     echo "$want" > "$STAMP"
 fi
+
+# NOTE: the explorer's browser tests drive Debian's Chromium through Playwright
+# (no browser download); install it when we may (root with apt).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian's chromium for the explorer's browser tests"
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
