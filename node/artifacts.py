@@ -45,7 +45,7 @@ class DirectoryStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def add_bytes(self, data: bytes) -> str:
+    def add_bytes(self, data: bytes, *, pin: bool = True) -> str:
         cid = raw_cid(data)
         path = self.root / cid
         if not path.exists():
@@ -55,7 +55,7 @@ class DirectoryStore:
             os.replace(tmp, path)
         return cid
 
-    def get_bytes(self, cid: str) -> bytes:
+    def get_bytes(self, cid: str, *, timeout: float = 60.0) -> bytes:
         if not _CID.match(cid):
             raise ArtifactError(f"{cid!r} is not a CID")
         path = self.root / cid

@@ -248,6 +248,15 @@ class EngineConfig(Section):
     """Upper bound on tokens generated per prompt, whatever the job asks."""
 
 
+class AgentsConfig(Section):
+    """Agent jobs, run by the agent runtime (nodeai.agents)."""
+
+    enabled: bool = True
+    """Take agent jobs (their model calls go to the engine of [engine])."""
+    store: Path | None = None
+    """The runtime's SQLite state: checkpoints and approvals (default: state_dir/agents.db)."""
+
+
 class HttpConfig(Section):
     """The daemon's own HTTP endpoints: /health and /metrics."""
 
@@ -287,6 +296,7 @@ class NodeConfig(Section):
     ipfs: IpfsConfig = Field(default_factory=IpfsConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -399,6 +409,7 @@ def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
     config.ipfs.directory = fix(config.ipfs.directory)
     config.logging.file = fix(config.logging.file)
     config.batching.gateway_store = fix(config.batching.gateway_store)
+    config.agents.store = fix(config.agents.store)
     return config
 
 

@@ -20,7 +20,7 @@ import asyncio
 import importlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from eth_utils import keccak
 
@@ -163,32 +163,45 @@ class BatchInferenceExecutor:
         return ExecutionResult(output, total, job_charge(total, job.price_per_1k_tokens, job.max_payment), keccak(output))
 
 
-AgentRunner = Callable[..., Awaitable[Any]]
-
-
 class AgentExecutor:
-    """Runs agent jobs through the agent runtime (``nodeai.agents``).
+    """Runs agent jobs through the agent runtime (``nodeai.agents.AgentRuntime``).
 
-    ``runner(input=doc, job=ctx)`` returns the runtime's ``AgentResult``
-    (``output``, ``transcript_cid``, ``transcript_root``, ``usage``, ``status``,
-    ``reason``); the transcript root is what the result commits to, so a
-    dispute can check any step of the run against the chain.
+    The input names the agent's spec (``"spec"`` inline or ``"spec_cid"`` on
+    IPFS) and its ``"input"``. The runtime's job id is ``<chain id>:<job id>``,
+    so running a job again after a restart resumes it instead of starting over.
+    The submitted commitment is the transcript's root, so a dispute can check
+    any step of the run against the chain; the output is the runtime's result
+    document (status, output, transcript CID and root, usage).
     """
 
     kind = AGENT
 
-    def __init__(self, runner: AgentRunner):
-        self.runner = runner
+    def __init__(self, runtime: Any, artifacts: Any, chain_id: int):
+        self.runtime = runtime
+        self.artifacts = artifacts
+        self.chain_id = chain_id
 
     async def execute(self, job: JobContext, input_bytes: bytes) -> ExecutionResult:
+        from nodeai.agents.errors import AgentError, SpecError
+
         doc = parse_input(input_bytes)
-        result = await self.runner(input=doc, job=job)
-        output = result.output if isinstance(result.output, bytes) else json.dumps(result.output, sort_keys=True).encode()
-        usage = result.usage if isinstance(result.usage, int) else int(getattr(result.usage, "total_tokens", 0))
-        root = result.transcript_root
-        root = bytes.fromhex(root.removeprefix("0x")) if isinstance(root, str) else bytes(root or keccak(output))
-        return ExecutionResult(output, usage, job_charge(usage, job.price_per_1k_tokens, job.max_payment), root,
-                               status=str(result.status), reason=result.reason, transcript_cid=result.transcript_cid)
+        spec, spec_cid = doc.get("spec"), doc.get("spec_cid")
+        if spec is None and not isinstance(spec_cid, str):
+            raise UnsupportedJob('an agent job input needs "spec" (the agent spec) or "spec_cid" (its CID)')
+        if spec is None:
+            spec = await asyncio.to_thread(self.artifacts.get_bytes, spec_cid)
+        try:
+            result = await asyncio.to_thread(
+                self.runtime.run, spec, doc.get("input"), job_id=f"{self.chain_id}:{job.job_id}", spec_cid=spec_cid,
+                deadline=float(job.deadline), price_per_1k_tokens=job.price_per_1k_tokens)
+        except SpecError as exc:
+            raise UnsupportedJob(f"bad agent spec: {exc}") from None
+        except AgentError as exc:
+            raise ExecutionError(f"the agent runtime failed: {exc}") from None
+        output = result.document_bytes()
+        root = bytes.fromhex(result.transcript_root.removeprefix("0x"))
+        return ExecutionResult(output, result.usage.total_tokens, min(result.cost_units, job.max_payment), root,
+                               status=result.status, reason=result.reason or None, transcript_cid=result.transcript_cid)
 
 
 def load_engine(factory: str, options: dict[str, Any]) -> Engine:

@@ -124,25 +124,23 @@ async def execute_job(executors: ExecutorRegistry, artifacts: Any, ctx: JobConte
     return StoredResult(output_cid, "0x" + result.output_hash.hex(), result.usage, result.charge)
 
 
-def build_executors(config: NodeConfig, engine: Engine | None) -> ExecutorRegistry:
-    """The executors this node runs: batch inference on its engine, agents when the runtime is installed."""
+def build_executors(config: NodeConfig, engine: Engine | None, artifacts: Any, chain_id: int,
+                    loop: asyncio.AbstractEventLoop | None = None) -> ExecutorRegistry:
+    """The executors this node runs: batch inference on its engine, agents through the agent runtime."""
     registry = ExecutorRegistry()
     if engine is not None:
         registry.register(BatchInferenceExecutor(engine, config.engine.max_tokens))
-    runner = _agent_runner()
-    if runner is not None:
-        registry.register(AgentExecutor(runner))
+    if config.agents.enabled:
+        from nodeai.agents import AgentRuntime
+        from nodeai.agents.model import EngineModelClient
+
+        # NOTE: the engine lives on the daemon's event loop; the runtime runs in worker threads
+        # and reaches it through that loop. No wallet: agents with write tools need one of their own.
+        model = EngineModelClient(engine, loop) if engine is not None else None
+        runtime = AgentRuntime(config.agents.store or config.state_path / "agents.db", artifacts=artifacts, model=model,
+                               rpc_urls={chain_id: config.chain.rpc_url})
+        registry.register(AgentExecutor(runtime, artifacts, chain_id))
     return registry
-
-
-def _agent_runner() -> Callable[..., Awaitable[Any]] | None:
-    # NOTE: the agent runtime (nodeai.agents) exposes `run(...) -> AgentResult` once it lands;
-    # until then agent jobs are not offered to this node's executors.
-    try:
-        from nodeai.agents import run  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return run if asyncio.iscoroutinefunction(run) else None
 
 
 class _Server:
@@ -205,6 +203,7 @@ class ProviderDaemon:
         self._server: _Server | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = False
 
     # -- the decorator surface ----------------------------------------------------------------------------
@@ -261,7 +260,7 @@ class ProviderDaemon:
         if self.engine is None and config.engine.factory:
             self.engine = load_engine(config.engine.factory, config.engine.options)
         if self.executors is None:
-            self.executors = build_executors(config, self.engine)
+            self.executors = build_executors(config, self.engine, self.artifacts, self.deployment.chain_id, self._loop)
         if self.vouchers is None and self.receipts is None and config.batching.gateway_store is not None:
             self.vouchers = self.receipts = self._gateway_store(config.batching.gateway_store)
         self.settler = Settler(self.chain, self.state, config.batching, self.vouchers, self.receipts, self.metrics)
@@ -286,7 +285,7 @@ class ProviderDaemon:
         return int(getattr(stats, "hits", 0)), int(getattr(stats, "misses", 0))
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         # NOTE: every chain call blocks a thread (receipts are awaited there); the default pool
         # (cpu + 4 threads) would make a claim wait behind jobs waiting for their receipts.
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="node-io")
@@ -675,8 +674,9 @@ async def run_worker(config: NodeConfig, stop: asyncio.Event, *, engine: Engine 
         raise ConfigError('a worker needs queue.mode = "nats" (in-process mode runs jobs inside the daemon)')
     if engine is None and config.engine.factory:
         engine = load_engine(config.engine.factory, config.engine.options)
-    executors = executors or build_executors(config, engine)
     artifacts = artifacts or open_artifact_store(config)
+    executors = executors or build_executors(config, engine, artifacts, config.chain.chain_id,
+                                             asyncio.get_running_loop())
     if engine is not None:
         await engine.start()
     queue = await JetStreamQueue(config.queue).connect()

@@ -150,3 +150,34 @@ def test_input_and_output_travel_over_embedded_ipfs(suite: Suite, keystore: Path
             assert "nodeai_node_artifact_cache_misses_total 1.0" in metrics
         finally:
             runner.stop()
+
+
+def test_agent_job_runs_through_the_agent_runtime(suite: Suite, keystore: Path, tmp_path: Path) -> None:
+    """An agent job: the spec on IPFS (here the directory store), the runtime runs it, the transcript is
+    pinned, and the transcript's root is the commitment submitted on chain."""
+    from nodeai.agents import verify_transcript
+
+    m = suite.market
+    runner = start_daemon(suite, keystore, tmp_path)
+    daemon = runner.daemon
+    try:
+        store = DirectoryStore(tmp_path / "artifacts")
+        spec = json.dumps({
+            "spec_version": 1, "name": "echo-agent", "tools": [],
+            "planner": {"kind": "rules", "rules": [{"id": "done", "finish": {"echo": "${input}"}}]},
+        }).encode()  # fmt: skip
+        spec_cid = store.add_bytes(spec)
+        job_input = json.dumps({"kind": "agent", "spec_cid": spec_cid, "input": "rebalance to 60/40"}).encode()
+        store.add_bytes(job_input)
+        job_id, _ = m.create_job(suite.model_id, job_input, 2 * ONE)
+
+        wait_until(lambda: phase(daemon, job_id) is Phase.SUBMITTED, 30, "the agent job to be submitted")
+        record = daemon.state.get(job_id)
+        result = json.loads(store.get_bytes(record.output_cid))
+        assert result["status"] == "succeeded" and result["output"] == {"echo": "rebalance to 60/40"}
+        transcript = store.get_bytes(result["transcript_cid"])
+        assert verify_transcript(transcript, expected_root=result["transcript_root"]) == result["transcript_root"]
+        [submitted] = events(suite, "JobSubmitted")
+        assert "0x" + submitted["outputHash"].hex() == result["transcript_root"]
+    finally:
+        runner.stop()
