@@ -131,6 +131,10 @@ _launcher: _JsIpfsLauncher | None = None
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _launcher
+    # NOTE: under pytest-xdist every worker collects every test but runs only
+    # some: there the daemon starts when a worker first needs it.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any("jsipfs" in getattr(item, "fixturenames", ()) for item in session.items):
         _launcher = _JsIpfsLauncher()
 
