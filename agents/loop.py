@@ -97,8 +97,12 @@ def begin_iteration(state: LoopState, max_steps: int) -> LoopState:
 
 
 def model_replied(state: LoopState, text: str, tool_calls: Sequence[ModelToolCall], prompt_tokens: int,
-                  completion_tokens: int, known: set[str], max_malformed: int) -> tuple[LoopState, Call | None, Malformed | None]:
-    """Account the model call and parse its reply; returns the call to run, if any, or the malformed reason."""
+                  completion_tokens: int, known: set[str], max_malformed: int,
+                  cut_off: bool = False) -> tuple[LoopState, Call | None, Malformed | None]:  # fmt: skip
+    """Account the model call and parse its reply; returns the call to run, if any, or the malformed reason.
+
+    ``cut_off``: the reply stopped at ``max_tokens``, which the problem then says (and the model sees).
+    """
     if state.status != "running":
         return state, None, None
     usage = replace(state.usage, prompt_tokens=state.usage.prompt_tokens + max(prompt_tokens, 0),
@@ -106,6 +110,8 @@ def model_replied(state: LoopState, text: str, tool_calls: Sequence[ModelToolCal
                     model_calls=state.usage.model_calls + 1)  # fmt: skip
     state = replace(state, usage=usage, step=state.step + 1)
     parsed = parse_reply(text, tool_calls, known)
+    if isinstance(parsed, Malformed) and cut_off:
+        parsed = Malformed(f"{parsed.problem} (the answer was cut off at the token limit: answer shorter)")
     if isinstance(parsed, Malformed):
         count = state.malformed_in_a_row + 1
         state = replace(state, malformed_in_a_row=count,

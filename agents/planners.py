@@ -102,13 +102,43 @@ class FunctionInfo:
     parameters: Mapping[str, Any]
 
 
-def action_schema(function_names: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of one action: a tool call or a final answer (for grammar-constrained decoding)."""
-    call: dict[str, Any] = {"type": "object", "properties": {"tool": {"type": "string", "enum": sorted(function_names)},
-                            "args": {"type": "object"}}, "required": ["tool", "args"], "additionalProperties": False}  # fmt: skip
-    final = {"type": "object", "properties": {"final": {"type": "string"}}, "required": ["final"],
-             "additionalProperties": False}  # fmt: skip
-    return {"anyOf": [call, final]} if function_names else final
+MAX_SCHEMA_STRING = 96  # NOTE: room for an address or a URL; stops a small model from rambling inside a string
+MAX_FINAL_CHARS = 400
+
+
+def _grammar_friendly(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameter schema reduced to what grammar-guided decoding handles well: plain types with
+    bounded strings and arrays; anything more complex becomes "any JSON value"."""
+    kind = schema.get("type")
+    if kind == "string":
+        out: dict[str, Any] = {"type": "string", "maxLength": min(int(schema.get("maxLength", MAX_SCHEMA_STRING)), MAX_SCHEMA_STRING)}
+        if "enum" in schema:
+            out = {"enum": list(schema["enum"])}
+        return out
+    if kind in ("integer", "number", "boolean"):
+        return {"type": kind}
+    if kind == "array":
+        return {"type": "array", "maxItems": 8}
+    if kind == "object" and "properties" not in schema:
+        return {"type": "object"}
+    return {}
+
+
+def action_schema(functions: Sequence[FunctionInfo]) -> dict[str, Any]:
+    """JSON schema of one action: a call of one of ``functions`` with its arguments, or a final
+    answer. Given to engines with grammar-constrained decoding, so even a small model emits a
+    well-formed action (the tools still validate the arguments)."""
+    alternatives: list[dict[str, Any]] = []
+    for info in functions:
+        props = info.parameters.get("properties", {})
+        required = [p for p in info.parameters.get("required", []) if p in props]
+        args = {"type": "object", "properties": {k: _grammar_friendly(v) for k, v in props.items()},
+                "required": required, "additionalProperties": False}  # fmt: skip
+        alternatives.append({"type": "object", "properties": {"tool": {"const": info.qualified_name}, "args": args},
+                             "required": ["tool", "args"], "additionalProperties": False})  # fmt: skip
+    alternatives.append({"type": "object", "properties": {"final": {"type": "string", "maxLength": MAX_FINAL_CHARS}},
+                         "required": ["final"], "additionalProperties": False})  # fmt: skip
+    return {"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0]
 
 
 def _signature(info: FunctionInfo) -> str:

@@ -110,7 +110,15 @@ class _Job:
 
     @property
     def functions(self) -> dict[str, ToolFunction]:
-        return {f.qualified_name: f for tool in self.tools.values() for f in tool.functions().values()}
+        """The functions this job may call: every tool's, narrowed by the spec's ``functions`` lists."""
+        offered = {}
+        for name, tool in self.tools.items():
+            config = self.spec.tool(name)
+            allowed = config.functions if config is not None else None
+            for fn in tool.functions().values():
+                if allowed is None or fn.name in allowed:
+                    offered[fn.qualified_name] = fn
+        return offered
 
 
 class AgentRuntime:
@@ -271,7 +279,7 @@ class AgentRuntime:
             max_tokens = max(1, min(max_tokens, spec.policy.budget.model_tokens - job.state.usage.total_tokens))
         request = ModelRequest(
             model=spec.model or "", messages=tuple(messages), tools=tool_definitions(functions),
-            json_schema=action_schema([f.qualified_name for f in functions]) if planner.json_schema else None,
+            json_schema=action_schema(infos) if planner.json_schema else None,
             max_tokens=max_tokens, temperature=planner.temperature,
         )  # fmt: skip
         prompt_hash = sha256_hex(canonical(jsonable({"messages": request.messages, "tools": request.tools,
@@ -301,7 +309,7 @@ class AgentRuntime:
         echo = reply.text or canonical([{"tool": c.name, "args": c.arguments} for c in reply.tool_calls])
         job.state, call, malformed = loop.model_replied(job.state, echo, reply.tool_calls, reply.prompt_tokens,
                                                         reply.completion_tokens, set(job.functions),
-                                                        planner.max_malformed)  # fmt: skip
+                                                        planner.max_malformed, reply.finish_reason == "length")  # fmt: skip
         if malformed is not None:
             self._log(job, "malformed", {"problem": malformed.problem, "in_a_row": job.state.malformed_in_a_row})
         elif job.state.status == "succeeded":
@@ -327,7 +335,7 @@ class AgentRuntime:
         """Run one call: rate limits, tool with retries, signer decisions; update the state."""
         policy = job.spec.policy
         tool = job.tools.get(call.tool)
-        if tool is None or call.function not in tool.functions():
+        if tool is None or call.qualified_name not in job.functions:
             job.state = loop.tool_failed(job.state, call, model_output, f"no tool function {call.qualified_name}")
             return
         keys = [call.tool, call.qualified_name]

@@ -82,6 +82,11 @@ class _Model(BaseModel):
 
 
 # -- tools ------------------------------------------------------------------------------------
+class _ToolConfig(_Model):
+    functions: list[str] | None = None
+    """Offer only these functions of the tool (least privilege, and a shorter prompt); None: all."""
+
+
 class ContractConfig(_Model):
     """A contract the EVM tool knows by alias (its ABI makes ``call``/``transact`` by name possible)."""
 
@@ -90,7 +95,7 @@ class ContractConfig(_Model):
     """The contract's ABI (list of entries) or ``"erc20"`` for the standard token ABI."""
 
 
-class EvmToolConfig(_Model):
+class EvmToolConfig(_ToolConfig):
     """Read balances and view functions of one EVM chain; send transactions through the policy-gated signer."""
 
     type: Literal["evm"]
@@ -102,7 +107,7 @@ class EvmToolConfig(_Model):
     """Aliases usable in place of addresses, with ABIs for ``call`` and ``transact``."""
 
 
-class IpfsToolConfig(_Model):
+class IpfsToolConfig(_ToolConfig):
     """Get and put content by CID (always verified against the CID)."""
 
     type: Literal["ipfs"]
@@ -111,7 +116,7 @@ class IpfsToolConfig(_Model):
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
-class HttpToolConfig(_Model):
+class HttpToolConfig(_ToolConfig):
     """Fetch URLs on the policy's allowed domains, with size, time and redirect limits."""
 
     type: Literal["http"]
@@ -121,7 +126,7 @@ class HttpToolConfig(_Model):
     max_redirects: int = Field(default=3, ge=0, le=10)
 
 
-class SqlToolConfig(_Model):
+class SqlToolConfig(_ToolConfig):
     """Read-only SELECTs over the indexer's database (the provider supplies its URL)."""
 
     type: Literal["sql"]
@@ -130,7 +135,7 @@ class SqlToolConfig(_Model):
     timeout_s: float = Field(default=5.0, gt=0, le=120)
 
 
-class CustomToolConfig(_Model):
+class CustomToolConfig(_ToolConfig):
     """A tool the provider registered with the runtime under ``name``; ``config`` is passed to it."""
 
     type: Literal["custom"]
@@ -350,6 +355,10 @@ def _semantic_problems(spec: AgentSpec) -> list[tuple[str, str]]:
         if tool.name in names:
             problems.append((f"tools[{i}].name", f"tool name {tool.name!r} already used by tools[{names[tool.name]}]: rename one"))
         names[tool.name] = i
+        for function in tool.functions or []:
+            if tool.type != "custom" and function not in BUILTIN_FUNCTIONS[tool.type]:
+                known_fns = ", ".join(sorted(BUILTIN_FUNCTIONS[tool.type]))
+                problems.append((f"tools[{i}].functions", f"tool {tool.name!r} has no function {function!r} (it has: {known_fns})"))
     tools = {t.name: t for t in spec.tools}
     if isinstance(spec.planner, LlmPlanner) and not spec.model:
         problems.append(("model", "the llm planner needs a model id (as the serving gateway lists it)"))
@@ -365,6 +374,8 @@ def _semantic_problems(spec: AgentSpec) -> list[tuple[str, str]]:
 
 
 def _known_function(tool: Any, function: str) -> bool:
+    if tool.functions is not None and function not in tool.functions:
+        return False
     return tool.type == "custom" or function in BUILTIN_FUNCTIONS[tool.type]
 
 
@@ -393,7 +404,8 @@ def _rules_problems(planner: RulesPlanner, tools: dict[str, Any]) -> list[tuple[
             elif not function:
                 problems.append((f"{where}.call", f"name the function too: '{tool_name}.FUNCTION'"))
             elif not _known_function(tools[tool_name], function):
-                known_fns = ", ".join(sorted(BUILTIN_FUNCTIONS[tools[tool_name].type]))
+                config = tools[tool_name]
+                known_fns = ", ".join(sorted(config.functions or BUILTIN_FUNCTIONS.get(config.type, ())))
                 problems.append((f"{where}.call", f"tool {tool_name!r} has no function {function!r} (it has: {known_fns})"))
             for key, value in rule.args.items():
                 for expression in expressions.template_expressions(value):

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from nodeai.agents import loop
 from nodeai.agents.loop import LoopState
 from nodeai.agents.model import ModelToolCall
-from nodeai.agents.planners import Call, Finish, Malformed, RulesStep, SetVars, action_schema, parse_reply, rules_next
+from nodeai.agents.planners import (
+    Call, Finish, FunctionInfo, Malformed, RulesStep, SetVars, action_schema, parse_reply, rules_next,
+)  # fmt: skip
 from nodeai.agents.spec import RulesPlanner
 
 KNOWN = {"evm.erc20_balance", "evm.erc20_transfer", "http.fetch"}
@@ -45,7 +47,15 @@ def test_parse_reply_reads_the_usual_shapes() -> None:
     assert parse_reply("", [ModelToolCall("evm__erc20_balance", '{"token": "t"}')], KNOWN) == Call("evm", "erc20_balance", {"token": "t"})
     assert "unknown tool 'shell.run'" in parse_reply('{"tool": "shell.run", "args": {}}', [], KNOWN).problem  # type: ignore[union-attr]
     assert "no JSON object" in parse_reply("I think the balance is 5", [], KNOWN).problem  # type: ignore[union-attr]
-    assert action_schema(sorted(KNOWN))["anyOf"][0]["properties"]["tool"]["enum"] == sorted(KNOWN)
+    info = FunctionInfo("evm.erc20_transfer", "send", {"properties": {"token": {"type": "string"}, "amount": {"type": "integer"},
+                                                                      "memo": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+                                                       "required": ["token", "amount"]})  # fmt: skip
+    schema = action_schema([info])
+    call, final = schema["anyOf"]
+    assert call["properties"]["tool"] == {"const": "evm.erc20_transfer"}
+    assert call["properties"]["args"]["properties"] == {"token": {"type": "string", "maxLength": 96},
+                                                        "amount": {"type": "integer"}, "memo": {}}  # fmt: skip
+    assert call["properties"]["args"]["required"] == ["token", "amount"] and final["required"] == ["final"]
 
 
 events = st.lists(st.one_of(
