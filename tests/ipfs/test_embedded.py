@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -222,3 +224,18 @@ def test_bootstrap_peers_are_joined_at_start(publisher: EmbeddedKuboStore, tmp_p
     with EmbeddedKuboStore(tmp_path / "repo", bootstrap=[down, publisher.multiaddrs()[0]]) as joined:
         assert publisher.peer_id in joined.peers()
         assert joined.get_bytes(cid, timeout=20) == data
+
+
+def test_library_log_goes_where_configured_not_into_the_working_directory(tmp_path: Path) -> None:
+    # NOTE: a subprocess, because the library is loaded once per process.
+    script = ("import sys; from pathlib import Path; from nodeai.ipfs import EmbeddedKuboStore\n"
+              "with EmbeddedKuboStore(Path(sys.argv[1]), offline=True) as s: s.add_bytes(b'x')\n")
+    log = tmp_path / "logs" / "kubo-debug.log"
+    log.parent.mkdir()
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = dict(os.environ, NODEAI_KUBO_LOG=str(log))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "repo")], cwd=workdir, env=env, check=True,
+                   capture_output=True, timeout=120)
+    assert list(workdir.iterdir()) == []
+    assert "File added with CID" in log.read_text()
