@@ -181,6 +181,9 @@ class FeedConfig(Section):
     """Database of the indexer (sqlite:///path or postgresql://...), for mode = "store"."""
     confirmations: int = Field(12, ge=0)
     """Blocks below the head before the indexer treats data as final (embedded mode)."""
+    watch_head: bool = True
+    """Also read the JobCreated logs of each new block straight from the RPC, so a claim does not wait
+    for the indexer to ingest the block (the indexer's feed still covers restarts and missed blocks)."""
     poll_interval: float = Field(0.1, gt=0)
     """Seconds between polls of the chain head and of the feed."""
 

@@ -204,6 +204,7 @@ class ProviderDaemon:
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stake_cache: tuple[int, float] | None = None
         self.ready = False
 
     # -- the decorator surface ----------------------------------------------------------------------------
@@ -314,6 +315,8 @@ class ProviderDaemon:
         for hook in self._hooks["startup"]:
             await hook(self)
         self._spawn(self._feed_loop(), "feed")
+        if self.config.feed.watch_head:
+            self._spawn(self._head_loop(), "head")
         self._spawn(self._scheduler_loop(), "scheduler")
         if self.vouchers is not None or self.receipts is not None:
             self._spawn(self._settlement_loop(), "settlement")
@@ -331,9 +334,14 @@ class ProviderDaemon:
         store.migrate()
         pool = RpcPool([self.config.chain.rpc_url], self.deployment.chain_id, timeout=self.config.chain.rpc_timeout)
         self._ingestor = Ingestor(pool, store, self.deployment,
-                                  IngestConfig(confirmations=feed.confirmations, poll_interval=feed.poll_interval))
+                                  IngestConfig(confirmations=feed.confirmations, poll_interval=self._feed_poll()))
         self._ingest_thread = threading.Thread(target=self._ingestor.run, name="node-ingest", daemon=True)
         self._ingest_thread.start()
+
+    def _feed_poll(self) -> float:
+        # NOTE: with the head watcher claiming new jobs, the indexer's feed is the safety net
+        # (restarts, missed blocks): polling it less often leaves the CPU to the fast path.
+        return max(self.config.feed.poll_interval, 0.5) if self.config.feed.watch_head else self.config.feed.poll_interval
 
     def _feed_db_url(self) -> str:
         if self.config.feed.mode == "store":
@@ -383,15 +391,19 @@ class ProviderDaemon:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- tasks ----------------------------------------------------------------------------------------------
+    async def _db(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A state-store call off the event loop: writes fsync, and a wait there must not stall every job."""
+        return await asyncio.to_thread(getattr(self.state, method), *args, **kwargs)
+
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
         return task
 
-    def _drive_later(self, job_id: int) -> None:
+    def _drive_later(self, job_id: int, fresh: tuple[Job, int] | None = None) -> None:
         if job_id in self._drivers and not self._drivers[job_id].done():
             return
-        task = asyncio.create_task(self._drive(job_id), name=f"job-{job_id}")
+        task = asyncio.create_task(self._drive(job_id, fresh), name=f"job-{job_id}")
         self._drivers[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._driver_done(j, t))
 
@@ -427,38 +439,80 @@ class ProviderDaemon:
         url = self._feed_db_url()
         feed = JobFeed(lambda: open_store(url), self.deployment.chain_id, consumer=f"node-{self.account.address.lower()}",
                        models={m.id for m in self.config.provider.models}, min_payment=self.config.claim.min_payment,
-                       poll_interval=self.config.feed.poll_interval)
+                       poll_interval=self._feed_poll())
         async for doc in feed:
             job_id = int(doc["job_id"])
-            if self.state.get(job_id) is not None:  # type: ignore[union-attr]
+            if await self._db("get", job_id) is not None:
                 continue
             await self._wait_for_slot()
             delivered = time.time()
             job = job_struct(doc)
             await self._consider(job_id, job, doc["input_cid"], doc["created_block"], delivered)
 
+    async def _head_loop(self) -> None:
+        """The claim fast path: JobCreated logs of each new block, straight from the RPC.
+
+        The indexer's feed delivers the same jobs a moment later (and after a
+        restart); whichever comes first records the job, the other finds it known.
+        Failures only cost latency, so they are logged and retried.
+        """
+        chain = self.chain
+        topic = next(t for t, name in chain._topics.items() if name == "JobCreated")
+        served = {m.id for m in self.config.provider.models}
+        last = await asyncio.to_thread(chain.tx.retry, lambda: chain.w3.eth.block_number, "eth_blockNumber")
+        while True:
+            await asyncio.sleep(self.config.feed.poll_interval)
+            try:
+                head = await asyncio.to_thread(lambda: chain.w3.eth.block_number)
+                if head <= last:
+                    continue
+                logs = await asyncio.to_thread(chain.w3.eth.get_logs, {
+                    "address": chain.market.address, "fromBlock": last + 1, "toBlock": head, "topics": ["0x" + topic.hex()]})
+            except Exception as exc:  # noqa: BLE001 - the indexer's feed covers what this misses
+                log.debug("head watch failed: %s", exc)
+                continue
+            last = head
+            for entry in logs:
+                args = chain.market.events.JobCreated().process_log(entry)["args"]
+                job_id = int(args["jobId"])
+                if args["modelId"] not in served or args["maxPayment"] < self.config.claim.min_payment:
+                    continue
+                if await self._db("get", job_id) is not None:
+                    continue
+                await self._wait_for_slot()
+                await self._consider(job_id, Job.from_created(args), args["inputCid"], entry["blockNumber"], time.time())
+
+    async def _free_stake(self) -> int:
+        """The free stake, read at most once a second; bonds of claims since are subtracted locally."""
+        cached = self._stake_cache
+        if cached is None or time.monotonic() - cached[1] > 1.0:
+            cached = self._stake_cache = (await asyncio.to_thread(self.chain.free_stake), time.monotonic())
+        return cached[0]
+
     async def _consider(self, job_id: int, job: Job, input_cid: str, created_block: int, delivered: float) -> None:
-        now, free = await asyncio.gather(asyncio.to_thread(self.chain.now), asyncio.to_thread(self.chain.free_stake))
+        now, free = await asyncio.gather(asyncio.to_thread(self.chain.now), self._free_stake())
         offer = JobOffer(job.model_id, job.max_payment, job.deadline, job.bond, job.priority_provider, job.priority_until)
         decision = claim_decision(offer, self.policy(), in_progress=len(self._busy), now=now, free_stake=free,
                                   provider=self.account.address)
         wall_not_before = time.time() + max(0, decision.not_before - now) if decision.verdict is Verdict.LATER else 0.0
-        if not self.state.add_seen(job_id, job, input_cid, created_block, wall_not_before):
+        if not await self._db("add_seen", job_id, job, input_cid, created_block, wall_not_before):
             return
         log.info("job %d: %s (%s)", job_id, decision.verdict.value, decision.reason, extra={"job_id": job_id})
         if decision.verdict is Verdict.SKIP:
-            self.state.update(job_id, phase=Phase.SKIPPED, reason=decision.reason)
+            await self._db("update", job_id, phase=Phase.SKIPPED, reason=decision.reason)
             return
         if decision.verdict is Verdict.CLAIM:
             self._busy.add(job_id)
-            self._drive_later(job_id)
+            if self._stake_cache is not None:
+                self._stake_cache = (self._stake_cache[0] - job.bond, self._stake_cache[1])
+            self._drive_later(job_id, (job, now))
 
     async def _scheduler_loop(self) -> None:
         """Jobs put off (another provider's priority window, busy slots) come back when due."""
         while True:
             await asyncio.sleep(max(self.config.chain.poll_interval, 0.2))
             now = time.time()
-            for record in self.state.active():  # type: ignore[union-attr]
+            for record in await self._db("active"):
                 if record.job_id in self._drivers:
                     continue
                 if record.phase is Phase.SEEN:
@@ -478,17 +532,22 @@ class ProviderDaemon:
                 return status
         return TxStatus.UNKNOWN
 
-    async def _drive(self, job_id: int) -> None:
+    async def _drive(self, job_id: int, fresh: tuple[Job, int] | None = None) -> None:
         failures = 0
         while not self._stopping:
-            record = self.state.require(job_id)  # type: ignore[union-attr]
+            record = await self._db("require", job_id)
             if record.phase.is_terminal:
                 self._release(job_id)
                 return
             try:
-                job = await asyncio.to_thread(self.chain.job, job_id, [record.job], record.created_block)
-                now = await asyncio.to_thread(self.chain.now)
-                status = await asyncio.to_thread(self._step_status, record)
+                if fresh is not None and record.phase is Phase.SEEN:
+                    # NOTE: a job the feed just delivered, read at the head a moment ago: claim at once;
+                    # the claim's dry run refuses it if the job changed meanwhile.
+                    (job, now), status, fresh = fresh, None, None
+                else:
+                    job = await asyncio.to_thread(self.chain.job, job_id, [record.job], record.created_block)
+                    now = await asyncio.to_thread(self.chain.now)
+                    status = await asyncio.to_thread(self._step_status, record)
             except LookupError as exc:
                 failures += 1
                 if failures >= MAX_QUIET_FAILURES:
@@ -502,7 +561,7 @@ class ProviderDaemon:
                 await asyncio.sleep(backoff_delay(failures, self.config.tx.backoff, self.config.tx.max_backoff))
                 continue
             if job != record.job:
-                record = self.state.update(job_id, job=job)  # type: ignore[union-attr]
+                record = await self._db("update", job_id, job=job)
             decision = next_action(LocalView(record.phase, status, record.has_result), self.chain.view(job, now))
             try:
                 await self._perform(record, job, decision.action, decision.reason, now)
@@ -514,7 +573,7 @@ class ProviderDaemon:
                 terminal = isinstance(exc, (ContractReverted, TxError, ExecutionError, NodeAIError)) or (
                     classify_exception(exc) is not ErrorClass.TRANSIENT)
                 log.warning("job %d: %s failed (%s)", job_id, decision.action.value, exc, extra={"job_id": job_id})
-                self.state.update(job_id, reason=f"{decision.action.value}: {exc}", attempts=record.attempts + 1)  # type: ignore[union-attr]
+                await self._db("update", job_id, reason=f"{decision.action.value}: {exc}", attempts=record.attempts + 1)
                 claimed_by_us = record.phase in BUSY[1:] or job.provider == self.account.address
                 if terminal and not claimed_by_us and failures >= MAX_QUIET_FAILURES:
                     await self._set(job_id, Phase.FAILED, reason=f"{decision.action.value}: {exc}")
@@ -524,7 +583,7 @@ class ProviderDaemon:
                 await asyncio.sleep(backoff_delay(failures, self.config.tx.backoff, self.config.tx.max_backoff))
 
     async def _set(self, job_id: int, phase: Phase, **fields: Any) -> JobRecord:
-        record = self.state.update(job_id, phase=phase, **fields)  # type: ignore[union-attr]
+        record = await self._db("update", job_id, phase=phase, **fields)
         if phase not in BUSY:
             self._release(job_id)
         for hook in self._job_hooks.get(phase, []):
@@ -556,7 +615,7 @@ class ProviderDaemon:
             await self._set(job_id, Phase.CLAIMED, job=job, reason=None)
         elif action is Action.WAIT_TX:
             step = record.phase.step or "tx"
-            hashes = self.state.tx_hashes(job_id, step)
+            hashes = await self._db("tx_hashes", job_id, step)
             if hashes and (await asyncio.to_thread(chain.tx.status, hashes[-1])) is TxStatus.PENDING:
                 await asyncio.to_thread(chain.resume, hashes[-1], f"{step} job {job_id}",
                                         self._on_signed(job_id, step, record.phase))
@@ -609,7 +668,7 @@ class ProviderDaemon:
                  extra={"job_id": record.job_id})
         await event.wait()
         self._results.pop(record.job_id, None)
-        stored = self.state.require(record.job_id)  # type: ignore[union-attr]
+        stored = await self._db("require", record.job_id)
         if stored.output_cid is None:
             raise QueueError(f"job {record.job_id}: woken without a result")
         return StoredResult(stored.output_cid, stored.output_hash, stored.usage, stored.charge)  # type: ignore[arg-type]
@@ -624,18 +683,18 @@ class ProviderDaemon:
         if request.get("op") != "result":
             return {"ok": False, "error": f"unknown op {request.get('op')!r}"}
         job_id = int(request["job_id"])
-        record = self.state.get(job_id)  # type: ignore[union-attr]
+        record = await self._db("get", job_id)
         if record is None:
             return {"ok": True, "phase": "unknown", "note": "not a job of this daemon"}
         if record.phase in (Phase.CLAIMED, Phase.EXECUTING) and record.output_cid is None:
-            self.state.update(job_id, phase=Phase.RESULT_STORED, output_cid=request["output_cid"],  # type: ignore[union-attr]
-                              output_hash=request["output_hash"], usage=int(request["usage"]), charge=int(request["charge"]))
+            await self._db("update", job_id, phase=Phase.RESULT_STORED, output_cid=request["output_cid"],
+                           output_hash=request["output_hash"], usage=int(request["usage"]), charge=int(request["charge"]))
             self._notify_result(job_id)
             if job_id not in self._drivers:
                 self._drive_later(job_id)
         deadline = time.monotonic() + float(request.get("wait", 60))
         while time.monotonic() < deadline:
-            record = self.state.require(job_id)  # type: ignore[union-attr]
+            record = await self._db("require", job_id)
             if record.phase not in BUSY:
                 return {"ok": True, "phase": record.phase.value}
             await asyncio.sleep(0.05)
