@@ -73,7 +73,10 @@ def _runtime(args: argparse.Namespace) -> Iterator[Any]:
         if args.ipfs_repo:
             from nodeai.ipfs import EmbeddedKuboStore
 
-            artifacts = stack.enter_context(EmbeddedKuboStore(Path(args.ipfs_repo), offline=True))
+            # NOTE: offline unless peers are named: the node then only serves what it holds
+            node = EmbeddedKuboStore(Path(args.ipfs_repo), bootstrap=args.ipfs_peer) if args.ipfs_peer else \
+                EmbeddedKuboStore(Path(args.ipfs_repo), offline=True)  # fmt: skip
+            artifacts = stack.enter_context(node)
         runtime = AgentRuntime(args.state, artifacts=artifacts, model=model, wallet=_wallet(args.keystore), rpc_urls=rpc,
                                sql_url=args.sql_url, poll_interval_s=args.poll_s)  # fmt: skip
         stack.callback(runtime.close)
@@ -157,6 +160,8 @@ def _resources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", action="append", default=[], metavar="CHAIN=URL", help="JSON-RPC URL per chain id")
     parser.add_argument("--keystore", help="encrypted JSON keystore of the agent wallet (password: NODEAI_KEYSTORE_PASSWORD)")
     parser.add_argument("--ipfs-repo", help="repository folder of the embedded IPFS node (transcripts, ipfs tool)")
+    parser.add_argument("--ipfs-peer", action="append", default=[], metavar="MULTIADDR",
+                        help="peer to join (e.g. the publisher's node); without one the IPFS node stays offline")
     parser.add_argument("--sql-url", help="indexer database for the sql tool (SQLite path or postgresql://...)")
     parser.add_argument("--model-url", help="OpenAI-compatible base URL for llm agents, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model-key", help="API key for --model-url")

@@ -209,6 +209,12 @@ class AgentRuntime:
             raise TranscriptInvalid(None, f"job {job_id} has no transcript yet")
         return record.checkpoint["transcript"]
 
+    def assert_allowed(self, spec: AgentSpec, deadline: float | None = None) -> None:
+        """Raise `PolicyDenied` when this runtime cannot take a job of ``spec`` (call it before claiming)."""
+        problems = self.admission_problems(spec, deadline)
+        if problems:
+            raise PolicyDenied("assert_allowed", "; ".join(problems))
+
     def admission_problems(self, spec: AgentSpec, deadline: float | None) -> list[str]:
         """``policy.assert_allowed(job)``: why this runtime cannot take the job (empty when it can)."""
         problems = []

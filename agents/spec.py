@@ -463,10 +463,11 @@ def load_spec(source: bytes | str | Mapping[str, Any]) -> AgentSpec:
         raise SpecError(problems) from None
 
 
-def spec_template(name: str, *, tools: list[str], budget: int, model: str | None = None, chain_id: int = 31337,
+def spec_template(name: str, *, tools: list[str], budget: int | None, model: str | None = None, chain_id: int = 31337,
                   system_prompt: str = "") -> AgentSpec:
     """A starting spec for ``nodeai agents create NAME --tools=rpc,sql,ipfs --budget=50``: an ``llm``
-    agent with those tools, a payment budget and nothing it may spend until the owner adds caps."""
+    agent with those tools, a payment budget (None: no limit but the job's escrow) and nothing it may
+    spend until the owner adds caps."""
     aliases = {"rpc": "evm", "evm": "evm", "ipfs": "ipfs", "http": "http", "sql": "sql"}
     configs: list[dict[str, Any]] = []
     for tool in tools:
