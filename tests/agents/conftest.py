@@ -182,7 +182,7 @@ def reply(status: int, body: bytes = b"", content_type: str = "text/plain", head
     return handle
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; bounded, so a hung process fails the test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from eth_account import Account
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from nodeai.agents import AgentRuntime, RuntimeStore, approvals_router, verify_transcript
+from nodeai.agents import AgentRuntime, RuntimeStore, Tool, ToolContext, TxIntent, approvals_router, function, verify_transcript
 from nodeai.agents.errors import ApprovalClosed
 from nodeai.chain.anvil import free_port
 from nodeai.chain.client import Transactor
@@ -168,11 +169,17 @@ def test_denied_approval_fails_the_job_cleanly(chain: Chain, store_path: Path) -
 def test_unapproved_transfer_fails_at_the_job_deadline(chain: Chain, store_path: Path) -> None:
     token = chain.new_token(agent_balance=1_000 * ONE)
     runtime = runtime_for(chain, store_path)
-    deadline = runtime.clock() + 2.0
-    result = runtime.run(treasury_spec(chain, token, approval_above=100 * ONE), "Rebalance to 60/40", deadline=deadline)
+    deadline = time.time() + 600
+    spec = treasury_spec(chain, token, approval_above=100 * ONE)
+    assert runtime.run(spec, "Rebalance to 60/40", job_id="late", deadline=deadline, wait=False).status == "waiting_approval"
+    # NOTE: the same store seen after the deadline (a clock an hour ahead), nobody having decided
+    later = runtime_for(chain, store_path, clock=lambda: time.time() + 3_600)
+    result = later.resume("late")
     assert result.status == "failed"
     assert "was not given before the deadline" in result.reason
-    assert [a.status for a in runtime.approvals.list(status=None)] == ["expired"]
+    assert [a.status for a in later.approvals.list(status=None)] == ["expired"]
+    with pytest.raises(ApprovalClosed, match="already expired"):
+        later.approvals.approve(later.approvals.list(status=None)[0].id)
     assert chain.balances(token) == (1_000 * ONE, 0)
 
 
@@ -313,3 +320,42 @@ def test_spend_ledger_window_is_per_agent(chain: Chain, store_path: Path) -> Non
     second = runtime.run(treasury_spec(chain, token, cap=500 * ONE, name="bot-b"), "Rebalance to 60/40")
     assert second.status == "succeeded" and second.output["moved"] == 400 * ONE
     assert runtime.store.spent("bot-b", CHAIN_ID, token.address, DAY) == 400 * ONE
+
+
+class CrashAfterSend(Tool):
+    """Sends a transfer through the signer, then kills the run on its first call (the process 'dies'
+    between the broadcast and the checkpoint that would record the result)."""
+
+    name = "payout"
+
+    def __init__(self, token: Any, to: str):
+        self.token, self.to, self.calls = token, to, 0
+
+    @function("Pay a fixed amount", effect="write")
+    def pay(self, ctx: ToolContext, amount: int) -> dict[str, Any]:
+        self.calls += 1
+        data = bytes.fromhex(self.token.encode_abi("transfer", [self.to, amount])[2:])
+        receipt = ctx.signer.send(TxIntent(CHAIN_ID, self.token.address, data), ctx)  # type: ignore[union-attr]
+        if self.calls == 1:
+            raise SystemExit("simulated crash right after the broadcast")
+        return receipt
+
+
+def test_a_write_repeated_after_a_crash_is_sent_once(chain: Chain, store_path: Path) -> None:
+    token = chain.new_token(agent_balance=1_000 * ONE)
+    payout = CrashAfterSend(token, chain.ops)
+    spec = treasury_spec(chain, token, rules=[
+        {"id": "pay", "call": "payout.pay", "args": {"amount": 100 * ONE}, "save_as": "tx"},
+        {"id": "done", "finish": "${tx.tx_hash}"},
+    ], tools=[{"type": "custom", "name": "payout"}])  # fmt: skip
+    runtime = runtime_for(chain, store_path, custom_tools={"payout": payout})
+    with pytest.raises(SystemExit):
+        runtime.run(spec, "pay", job_id="crashy")
+    assert chain.balances(token) == (900 * ONE, 100 * ONE)
+    assert runtime.store.job("crashy").checkpoint["state"]["pending"]["action_key"] == "crashy:1:payout.pay"  # type: ignore[index]
+
+    result = runtime_for(chain, store_path, custom_tools={"payout": payout}).resume("crashy")
+    assert result.status == "succeeded", result.reason
+    assert payout.calls == 2 and chain.balances(token) == (900 * ONE, 100 * ONE)  # the call ran again, the transfer did not
+    assert chain.w3.eth.get_transaction_receipt(result.output)["status"] == 1
+    assert runtime.store.spent("treasury-bot", CHAIN_ID, token.address, DAY) == 100 * ONE
