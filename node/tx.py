@@ -85,6 +85,8 @@ _MESSAGE_RULES: tuple[tuple[str, ErrorClass], ...] = (
     ("revert", ErrorClass.REVERTED),
     # geth ErrInsufficientFunds / ErrInsufficientFundsForTransfer; anvil "insufficient funds for gas"
     ("insufficient funds", ErrorClass.TERMINAL),
+    # geth/anvil eth_estimateGas when the sender's ETH caps the gas it may use: "gas required exceeds allowance"
+    ("gas required exceeds allowance", ErrorClass.TERMINAL),
     # geth ErrIntrinsicGas, ErrGasLimit ("exceeds block gas limit"), ErrTxTypeNotSupported
     ("intrinsic gas too low", ErrorClass.TERMINAL),
     ("exceeds block gas limit", ErrorClass.TERMINAL),
@@ -371,6 +373,10 @@ class TxManager:
                                    f"{label} gas estimate")
             except ContractLogicError as exc:
                 raise ContractReverted(label, _reason(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - transient ones were retried by `retry`
+                message = _code_and_message(exc)[1]
+                hint = "; does the account hold enough ETH for gas?" if "allowance" in message or "funds" in message.lower() else ""
+                raise TxTerminal(label, f"the gas estimate failed: {message}{hint}") from None
             tx = {k: v for k, v in built.items() if k not in ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")}
             pending = self._broadcast_new(tx, label, on_signed)
             if pending is None:

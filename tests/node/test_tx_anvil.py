@@ -123,6 +123,10 @@ def test_dropped_transaction_is_sent_again_at_its_nonce(suite: Suite) -> None:
 def test_terminal_error_is_not_retried_and_leaves_no_nonce_gap(suite: Suite) -> None:
     poor = Account.create()
     tx = TxManager(suite.w3, poor, TxConfig(backoff=0.05, max_backoff=0.1))
-    with pytest.raises(TxTerminal, match="(?i)insufficient funds"):
+    with pytest.raises(TxTerminal, match="enough ETH for gas"):
         tx.send(suite.market.token.functions.approve(suite.market.escrow.address, 1), "approve")
+    assert tx.nonces.needs_sync, "no nonce was taken for a transaction that was never signed"
+    # with a gas limit given there is no estimate: the node itself refuses the broadcast
+    with pytest.raises(TxTerminal, match="(?i)the node refused the transaction: insufficient funds"):
+        tx.send(suite.market.token.functions.approve(suite.market.escrow.address, 1), "approve", gas=100_000)
     assert tx.nonces.needs_sync, "the unused nonce must be given back (resync) so no gap is left"
