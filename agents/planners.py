@@ -102,16 +102,15 @@ class FunctionInfo:
     parameters: Mapping[str, Any]
 
 
-MAX_SCHEMA_STRING = 96  # NOTE: room for an address or a URL; stops a small model from rambling inside a string
 MAX_FINAL_CHARS = 400
 
 
-def _grammar_friendly(schema: Mapping[str, Any]) -> dict[str, Any]:
+def _grammar_friendly(schema: Mapping[str, Any], max_chars: int) -> dict[str, Any]:
     """A parameter schema reduced to what grammar-guided decoding handles well: plain types with
     bounded strings and arrays; anything more complex becomes "any JSON value"."""
     kind = schema.get("type")
     if kind == "string":
-        out: dict[str, Any] = {"type": "string", "maxLength": min(int(schema.get("maxLength", MAX_SCHEMA_STRING)), MAX_SCHEMA_STRING)}
+        out: dict[str, Any] = {"type": "string", "maxLength": min(int(schema.get("maxLength", max_chars)), max_chars)}
         if "enum" in schema:
             out = {"enum": list(schema["enum"])}
         return out
@@ -124,7 +123,7 @@ def _grammar_friendly(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def action_schema(functions: Sequence[FunctionInfo]) -> dict[str, Any]:
+def action_schema(functions: Sequence[FunctionInfo], max_arg_chars: int = 96) -> dict[str, Any]:
     """JSON schema of one action: a call of one of ``functions`` with its arguments, or a final
     answer. Given to engines with grammar-constrained decoding, so even a small model emits a
     well-formed action (the tools still validate the arguments)."""
@@ -132,7 +131,7 @@ def action_schema(functions: Sequence[FunctionInfo]) -> dict[str, Any]:
     for info in functions:
         props = info.parameters.get("properties", {})
         required = [p for p in info.parameters.get("required", []) if p in props]
-        args = {"type": "object", "properties": {k: _grammar_friendly(v) for k, v in props.items()},
+        args = {"type": "object", "properties": {k: _grammar_friendly(v, max_arg_chars) for k, v in props.items()},
                 "required": required, "additionalProperties": False}  # fmt: skip
         alternatives.append({"type": "object", "properties": {"tool": {"const": info.qualified_name}, "args": args},
                              "required": ["tool", "args"], "additionalProperties": False})  # fmt: skip

@@ -285,7 +285,7 @@ class AgentRuntime:
             max_tokens = max(1, min(max_tokens, spec.policy.budget.model_tokens - job.state.usage.total_tokens))
         request = ModelRequest(
             model=spec.model or "", messages=tuple(messages), tools=tool_definitions(functions),
-            json_schema=action_schema(infos) if planner.json_schema else None,
+            json_schema=action_schema(infos, planner.max_arg_chars) if planner.json_schema else None,
             max_tokens=max_tokens, temperature=planner.temperature,
         )  # fmt: skip
         prompt_hash = sha256_hex(canonical(jsonable({"messages": request.messages, "tools": request.tools,

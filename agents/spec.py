@@ -241,6 +241,9 @@ class LlmPlanner(_Model):
     """Consecutive unusable model outputs before the job fails."""
     json_schema: bool = True
     """Ask the engine for grammar-constrained JSON where it supports it."""
+    max_arg_chars: int = Field(default=96, ge=8, le=4096)
+    """Longest string argument the JSON grammar allows (an address is 42, a URL more): bounds how long a
+    small model can ramble inside a string; the tools still validate every argument."""
     history_steps: int = Field(default=8, ge=1, le=100)
     """Most recent tool results shown to the model."""
 

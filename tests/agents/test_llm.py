@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 
 from nodeai.agents import AgentResult, AgentRuntime, load_spec, verify_transcript
-from nodeai.agents.model import EngineModelClient, ModelRequest, OpenAIModelClient
+from nodeai.agents.model import EngineModelClient, OpenAIModelClient
 from nodeai.serving.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
 from tests.agents.conftest import CHAIN_ID, ONE, Chain
 
@@ -39,21 +39,21 @@ def engine() -> Iterator[LlamaCppEngine]:
     engine.close_sync()
 
 
-def llm_spec(token: Any, treasury: str, ops: str, *, json_schema: bool) -> Any:
+def llm_spec(token: Any, treasury: str, ops: str, *, json_schema: bool, max_steps: int = 2) -> Any:
     # NOTE: free text gets one chance (the parser's retries are covered by test_loop); constrained
     # JSON gets room for two addresses and a retry
     return load_spec({
         "spec_version": 1, "name": "treasury-chat", "model": MODEL,
         "system_prompt": "You manage a token treasury. The token is called usd; the accounts are treasury and ops.",
         "planner": {"kind": "llm", "max_tokens": 64 if json_schema else 32, "max_malformed": 2 if json_schema else 1,
-                    "json_schema": json_schema},
+                    "json_schema": json_schema, "max_arg_chars": 44},
         "tools": [{"type": "evm", "chain_id": CHAIN_ID, "functions": ["erc20_balance", "erc20_transfer"],
                    "contracts": {"usd": {"address": token.address}, "treasury": {"address": treasury},
                                  "ops": {"address": ops}}}],
         "policy": {"contracts": [{"chain_id": CHAIN_ID, "address": token.address, "functions": ["transfer(address,uint256)"]}],
                    "spend_caps": [{"chain_id": CHAIN_ID, "token": token.address, "max_amount": CAP, "period_s": 86_400}],
                    "budget": {"model_tokens": TOKEN_BUDGET}, "tool_retries": 0},
-        "max_steps": 2,
+        "max_steps": max_steps,
     })  # fmt: skip
 
 
@@ -106,14 +106,15 @@ def test_openai_client_through_the_real_gateway(engine: LlamaCppEngine, chain: C
     with GatewayServer(app) as gateway:
         client = OpenAIModelClient(gateway.base_url, api_key=secret)
         try:
-            reply = client.generate(ModelRequest(model=MODEL, messages=({"role": "user", "content": "Say OK"},), max_tokens=8))
-            assert reply.completion_tokens >= 1 and reply.prompt_tokens >= 1
             runtime = AgentRuntime(store_path, model=client, wallet=chain.agent, rpc_urls={CHAIN_ID: chain.url})
-            result = runtime.run(llm_spec(token, chain.agent.address, chain.ops, json_schema=True), "What is the usd balance of ops?")
+            spec = llm_spec(token, chain.agent.address, chain.ops, json_schema=True, max_steps=1)
+            result = runtime.run(spec, "What is the usd balance of ops?")
             check_clean_end(runtime, result, chain, token, 1_000 * ONE)
+            assert result.usage.model_calls == 1 and result.usage.completion_tokens >= 1
+            # NOTE: this gateway refuses OpenAI tools (400); the client fell back to a JSON schema
+            assert client.use_tools is False and client.use_response_format is True
             bad_key = OpenAIModelClient(gateway.base_url, api_key="sk-wrong")
-            refused = AgentRuntime(tmp_path / "other.db", model=bad_key, rpc_urls={CHAIN_ID: chain.url}).run(
-                llm_spec(token, chain.agent.address, chain.ops, json_schema=True), "hello")
+            refused = AgentRuntime(tmp_path / "other.db", model=bad_key, rpc_urls={CHAIN_ID: chain.url}).run(spec, "hello")
             assert refused.status == "failed" and refused.reason.startswith("model unavailable after 1 attempt(s)")
             assert "HTTP 401" in refused.reason
         finally:
