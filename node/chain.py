@@ -196,6 +196,10 @@ class ProviderChain:
             candidates = [rebuilt]  # NOTE: a block may have landed between the two reads: read again
         raise LookupError(f"job {job_id}: no struct matches the contract's commitment (the RPC serves inconsistent data?)")
 
+    def topic(self, name: str) -> str:
+        """The 0x topic0 of a JobMarket event (e.g. ``"JobCreated"``)."""
+        return "0x" + next(t for t, n in self._topics.items() if n == name).hex()
+
     def _signature(self, name: str) -> str:
         item = next(i for i in self.market.abi if i.get("type") == "event" and i["name"] == name)
         return f"{name}({','.join(_abi_type(x) for x in item['inputs'])})"

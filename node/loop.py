@@ -445,9 +445,7 @@ class ProviderDaemon:
             if await self._db("get", job_id) is not None:
                 continue
             await self._wait_for_slot()
-            delivered = time.time()
-            job = job_struct(doc)
-            await self._consider(job_id, job, doc["input_cid"], doc["created_block"], delivered)
+            await self._consider(job_id, job_struct(doc), doc["input_cid"], doc["created_block"])
 
     async def _head_loop(self) -> None:
         """The claim fast path: JobCreated logs of each new block, straight from the RPC.
@@ -457,7 +455,7 @@ class ProviderDaemon:
         Failures only cost latency, so they are logged and retried.
         """
         chain = self.chain
-        topic = next(t for t, name in chain._topics.items() if name == "JobCreated")
+        topic = chain.topic("JobCreated")
         served = {m.id for m in self.config.provider.models}
         last = await asyncio.to_thread(chain.tx.retry, lambda: chain.w3.eth.block_number, "eth_blockNumber")
         while True:
@@ -467,7 +465,7 @@ class ProviderDaemon:
                 if head <= last:
                     continue
                 logs = await asyncio.to_thread(chain.w3.eth.get_logs, {
-                    "address": chain.market.address, "fromBlock": last + 1, "toBlock": head, "topics": ["0x" + topic.hex()]})
+                    "address": chain.market.address, "fromBlock": last + 1, "toBlock": head, "topics": [topic]})
             except Exception as exc:  # noqa: BLE001 - the indexer's feed covers what this misses
                 log.debug("head watch failed: %s", exc)
                 continue
@@ -480,7 +478,7 @@ class ProviderDaemon:
                 if await self._db("get", job_id) is not None:
                     continue
                 await self._wait_for_slot()
-                await self._consider(job_id, Job.from_created(args), args["inputCid"], entry["blockNumber"], time.time())
+                await self._consider(job_id, Job.from_created(args), args["inputCid"], entry["blockNumber"])
 
     async def _free_stake(self) -> int:
         """The free stake, read at most once a second; bonds of claims since are subtracted locally."""
@@ -489,7 +487,7 @@ class ProviderDaemon:
             cached = self._stake_cache = (await asyncio.to_thread(self.chain.free_stake), time.monotonic())
         return cached[0]
 
-    async def _consider(self, job_id: int, job: Job, input_cid: str, created_block: int, delivered: float) -> None:
+    async def _consider(self, job_id: int, job: Job, input_cid: str, created_block: int) -> None:
         now, free = await asyncio.gather(asyncio.to_thread(self.chain.now), self._free_stake())
         offer = JobOffer(job.model_id, job.max_payment, job.deadline, job.bond, job.priority_provider, job.priority_until)
         decision = claim_decision(offer, self.policy(), in_progress=len(self._busy), now=now, free_stake=free,

@@ -69,15 +69,89 @@ def test_deterministic(local: LocalView, chain: ChainView) -> None:
     assert next_action(local, chain) == next_action(local, chain)
 
 
-@given(chain_views())
-def test_what_a_crash_leaves_resumes_forward(chain: ChainView) -> None:
-    """The record a crash leaves after each write never leads backwards on the same chain state."""
-    order = [Action.CLAIM, Action.EXECUTE, Action.SUBMIT, Action.WAIT_WINDOW, Action.FINALIZE]
-    seen = next_action(LocalView(Phase.SEEN), chain).action
-    for local in (LocalView(Phase.RESULT_STORED, None, True), LocalView(Phase.SUBMITTING, TxStatus.UNKNOWN, True)):
-        later = next_action(local, chain).action
-        if later in order and seen in order:
-            assert order.index(later) >= order.index(seen) or later is Action.SUBMIT and seen is Action.EXECUTE
+class _Chain:
+    """A model of the job on chain plus the mempool: what the daemon's transactions do to it."""
+
+    def __init__(self) -> None:
+        self.state, self.now, self.window_ends = JobState.OPEN, 0, 0
+        self.mempool: dict[int, str] = {}   # tx id -> step, broadcast and not mined
+        self.mined: dict[int, bool] = {}    # tx id -> succeeded
+        self.effects = {"claim": 0, "submit": 0, "finalize": 0}
+        self.reverted = 0
+
+    def view(self) -> ChainView:
+        return ChainView(self.state, self.state is not JobState.OPEN, self.now, deadline=10**6, window_ends=self.window_ends)
+
+    def status(self, tx: int | None) -> TxStatus:
+        if tx in self.mined:
+            return TxStatus.MINED if self.mined[tx] else TxStatus.FAILED
+        return TxStatus.PENDING if tx in self.mempool else TxStatus.UNKNOWN
+
+    def mine(self, tx: int) -> None:
+        step = self.mempool.pop(tx)
+        allowed = {"claim": JobState.OPEN, "submit": JobState.CLAIMED, "finalize": JobState.SUBMITTED}[step]
+        ok = self.state is allowed and (step != "finalize" or self.now >= self.window_ends)
+        self.mined[tx] = ok
+        if not ok:
+            self.reverted += 1
+            return
+        self.effects[step] += 1
+        self.state = {"claim": JobState.CLAIMED, "submit": JobState.SUBMITTED, "finalize": JobState.SETTLED}[step]
+        if step == "submit":
+            self.window_ends = self.now + 60
+
+
+STEP_PHASE = {"claim": Phase.CLAIMING, "submit": Phase.SUBMITTING, "finalize": Phase.FINALIZING}
+DONE_PHASE = {"claim": Phase.CLAIMED, "submit": Phase.SUBMITTED, "finalize": Phase.FINALIZED}
+
+
+@given(st.lists(st.sampled_from(["crash_before_send", "crash_after_send", "crash_executing", "drop", "delay", "go"]),
+                min_size=0, max_size=60))
+def test_a_daemon_crashing_anywhere_claims_and_submits_once(events: list[str]) -> None:
+    """The job loop as the daemon runs it (record, then act), against a model chain and mempool, with
+    crashes, dropped and delayed transactions wherever hypothesis puts them: one claim, one submission,
+    one settlement, and no transaction that reverts."""
+    chain, script = _Chain(), iter(events)
+    phase, tx, has_result, txs = Phase.SEEN, None, False, 0
+    for _ in range(400):
+        if phase.is_terminal:
+            break
+        event = next(script, "go")
+        if event == "drop" and chain.mempool:
+            chain.mempool.pop(next(iter(chain.mempool)))
+        if event != "delay":
+            for pending in list(chain.mempool):
+                chain.mine(pending)
+        decision = next_action(LocalView(phase, chain.status(tx) if phase.step else None, has_result), chain.view())
+        action = decision.action
+        if action.sends_tx:
+            step = action.value
+            txs += 1
+            phase, tx = STEP_PHASE[step], txs  # written before the broadcast
+            if event == "crash_before_send":
+                continue  # the process died: the record says "sending", the node never saw it
+            chain.mempool[tx] = step
+            if event in ("crash_after_send", "delay", "drop"):
+                continue  # died (or the tx is slow): the receipt is not awaited
+            chain.mine(tx)
+            phase = DONE_PHASE[step]
+        elif action is Action.EXECUTE:
+            phase = Phase.EXECUTING
+            if event == "crash_executing":
+                continue
+            phase, has_result = Phase.RESULT_STORED, True
+        elif action is Action.WAIT_WINDOW:
+            chain.now += 30
+            phase = Phase.SUBMITTED
+        elif action is Action.WAIT_TX:
+            continue
+        elif action is Action.MARK_FINALIZED:
+            phase = Phase.FINALIZED
+        else:
+            raise AssertionError(f"unexpected {action} ({decision.reason}) on a job nobody else touches")
+    assert phase is Phase.FINALIZED and chain.state is JobState.SETTLED
+    assert chain.effects == {"claim": 1, "submit": 1, "finalize": 1}
+    assert chain.reverted == 0, "a transaction was sent that the chain refused: a duplicate"
 
 
 def test_the_happy_path_in_order() -> None:
