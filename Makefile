@@ -19,3 +19,13 @@ gas: setup
 
 compile: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" APE_DATA_FOLDER="$$(mktemp -d)" .venv/bin/ape compile
+
+# vLLM (CPU) in its own environment .venv-vllm/ (from requirements-vllm.lock)
+# and the SmolLM2 checkpoint it serves (first run: about 5 minutes, 4 GB).
+.PHONY: setup-vllm test-vllm
+setup-vllm: setup
+	@./scripts/setup-vllm.sh
+
+# The vLLM engine on a real vLLM: one start and one supervised restart (5-10 minutes).
+test-vllm: setup-vllm
+	.venv/bin/python -m pytest -p no:cacheprovider tests/serving/vllm
