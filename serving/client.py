@@ -40,11 +40,11 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 import httpx
 import httpx2
 from coincurve import PrivateKey
-from eth_utils import keccak, to_checksum_address
 
 from nodeai.chain.receipts import verify_proof
 from nodeai.chain.vouchers import Voucher
 
+from .eth_fast import checksum, keccak256
 from .payments import VOUCHER_HEADER, encode_voucher_header, voucher_digest_fast
 from .receipts import (
     RECEIPT_HEADER,
@@ -81,9 +81,9 @@ class VoucherWallet:
                  clock=time.time):
         raw = bytes.fromhex(payer_key.removeprefix("0x")) if isinstance(payer_key, str) else bytes(payer_key)
         self._key = PrivateKey(raw)
-        self.payer = to_checksum_address(keccak(self._key.public_key.format(compressed=False)[1:])[-20:])
-        self.provider, self.chain_id = to_checksum_address(provider), chain_id
-        self.escrow = to_checksum_address(escrow)
+        self.payer = checksum("0x" + keccak256(self._key.public_key.format(compressed=False)[1:])[-20:].hex())
+        self.provider, self.chain_id = checksum(provider), chain_id
+        self.escrow = checksum(escrow)
         self.model_ids = dict(model_ids)
         self.headroom = headroom
         self.valid_for, self.clock = valid_for, clock

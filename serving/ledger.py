@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from nodeai.chain.vouchers import Voucher
 
 from .payments import ChannelAccount, ChannelFunds, release, reserve, settle, uncovered
 from .errors import PaymentRequired
-from .receipts import SignedReceipt
+from .receipts import SignedReceipt, receipt_to_json
 from .store import GatewayStore
 
 __all__ = ["Ledger", "Reservation"]
@@ -81,11 +81,11 @@ class Ledger:
         return Reservation(payer, model_id, amount, voucher, signature)
 
     def settle(self, reservation: Reservation, actual: int, make_receipt: Callable[[int], SignedReceipt]
-               ) -> tuple[int, int, SignedReceipt]:
+               ) -> tuple[int, int, SignedReceipt, dict[str, Any]]:
         """Charge ``actual`` (capped at the reservation) and persist charge, voucher and receipt together.
 
         ``make_receipt(amount)`` builds the signed receipt for the amount charged.
-        Returns (amount charged, the channel's new charged total, the receipt).
+        Returns (amount charged, the channel's new charged total, the receipt, its wire form).
         """
         with self._lock:
             accounts = self._accounts[reservation.payer]
@@ -93,11 +93,12 @@ class Ledger:
             accounts[reservation.model_id] = account
             total = account.charged
         signed = make_receipt(charged)
+        wire = receipt_to_json(signed)
         # NOTE: written outside the in-memory lock; the store serialises writers itself and
         # keeps the larger total (``max``), so two settles committing out of order are harmless.
         self.store.record_request(reservation.payer, reservation.model_id, total, signed,
-                                  reservation.voucher, reservation.signature)
-        return charged, total, signed
+                                  reservation.voucher, reservation.signature, wire)
+        return charged, total, signed, wire
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:

@@ -42,10 +42,10 @@ from typing import Any, Mapping
 from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak, to_checksum_address
 
 from nodeai.chain.receipts import Receipt
 
+from .eth_fast import checksum, keccak256
 from .payments import eip712_domain_separator
 
 __all__ = [
@@ -81,7 +81,7 @@ RECEIPT_TYPES = {
         {"name": "timestamp", "type": "uint256"},
     ]
 }
-_RECEIPT_TYPEHASH = keccak(
+_RECEIPT_TYPEHASH = keccak256(
     b"Receipt(bytes32 requestHash,address provider,address payer,uint256 modelId,uint256 tokensIn,"
     b"uint256 tokensOut,uint256 latencyMs,uint256 amount,uint256 timestamp)"
 )
@@ -93,12 +93,12 @@ def canonical_json(body: Any) -> bytes:
 
 def request_hash(body: Any, response_id: str) -> bytes:
     """keccak256(canonical JSON of the request body || response id)."""
-    return keccak(canonical_json(body) + response_id.encode())
+    return keccak256(canonical_json(body) + response_id.encode())
 
 
 def _domain(chain_id: int, registry: str) -> dict[str, Any]:
     return {"name": RECEIPT_DOMAIN_NAME, "version": RECEIPT_DOMAIN_VERSION, "chainId": chain_id,
-            "verifyingContract": to_checksum_address(registry)}
+            "verifyingContract": checksum(registry)}
 
 
 def _word(value: int) -> bytes:
@@ -111,14 +111,14 @@ def _address_word(address: str) -> bytes:
 
 def receipt_digest(receipt: Receipt, chain_id: int, registry: str) -> bytes:
     """The receipt's EIP-712 digest, hashed directly."""
-    struct_hash = keccak(
+    struct_hash = keccak256(
         _RECEIPT_TYPEHASH + receipt.request_hash + _address_word(receipt.provider) + _address_word(receipt.payer)
         + _word(receipt.model_id) + _word(receipt.tokens_in) + _word(receipt.tokens_out) + _word(receipt.latency_ms)
         + _word(receipt.amount) + _word(receipt.timestamp)
     )  # fmt: skip
     separator = eip712_domain_separator(RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION, chain_id,
-                                        to_checksum_address(registry))
-    return keccak(b"\x19\x01" + separator + struct_hash)
+                                        checksum(registry))
+    return keccak256(b"\x19\x01" + separator + struct_hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +138,9 @@ class ReceiptSigner:
     def __init__(self, private_key: bytes | str, chain_id: int, registry: str):
         raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else bytes(private_key)
         self._key = PrivateKey(raw)
-        self.address = to_checksum_address(keccak(self._key.public_key.format(compressed=False)[1:])[-20:])
+        self.address = checksum("0x" + keccak256(self._key.public_key.format(compressed=False)[1:])[-20:].hex())
         self.chain_id = chain_id
-        self.registry = to_checksum_address(registry)
+        self.registry = checksum(registry)
 
     def sign(self, receipt: Receipt) -> SignedReceipt:
         if receipt.provider.lower() != self.address.lower():
@@ -154,8 +154,8 @@ def receipt_to_json(signed: SignedReceipt) -> dict[str, Any]:
     r = signed.receipt
     return {
         "requestHash": "0x" + r.request_hash.hex(),
-        "provider": to_checksum_address(r.provider),
-        "payer": to_checksum_address(r.payer),
+        "provider": checksum(r.provider),
+        "payer": checksum(r.payer),
         "modelId": r.model_id,
         "tokensIn": r.tokens_in,
         "tokensOut": r.tokens_out,
@@ -173,12 +173,12 @@ def receipt_from_json(data: Mapping[str, Any]) -> SignedReceipt:
     try:
         receipt = Receipt(
             request_hash=bytes.fromhex(str(data["requestHash"]).removeprefix("0x")),
-            provider=to_checksum_address(data["provider"]), payer=to_checksum_address(data["payer"]),
+            provider=checksum(data["provider"]), payer=checksum(data["payer"]),
             model_id=int(data["modelId"]), tokens_in=int(data["tokensIn"]), tokens_out=int(data["tokensOut"]),
             latency_ms=int(data["latencyMs"]), amount=int(data["amount"]), timestamp=int(data["timestamp"]),
         )  # fmt: skip
         signature = bytes.fromhex(str(data["signature"]).removeprefix("0x"))
-        chain_id, registry = int(data["chainId"]), to_checksum_address(data["registry"])
+        chain_id, registry = int(data["chainId"]), checksum(data["registry"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a NodeAI receipt ({type(exc).__name__}: {exc})") from None
     if len(receipt.request_hash) != 32 or len(signature) != 65:
@@ -186,9 +186,10 @@ def receipt_from_json(data: Mapping[str, Any]) -> SignedReceipt:
     return SignedReceipt(receipt, signature, chain_id, registry)
 
 
-def encode_receipt_header(signed: SignedReceipt) -> str:
-    raw = json.dumps(receipt_to_json(signed), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def encode_receipt_header(signed: SignedReceipt | Mapping[str, Any]) -> str:
+    """The ``X-NodeAI-Receipt`` value (from the receipt or its wire form, if already made)."""
+    data = receipt_to_json(signed) if isinstance(signed, SignedReceipt) else signed
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).rstrip(b"=").decode()
 
 
 def decode_receipt_header(value: str) -> SignedReceipt:
@@ -202,8 +203,8 @@ def verify_receipt_signature(signed: SignedReceipt, provider: str | None = None)
     """
     r = signed.receipt
     message = {
-        "requestHash": r.request_hash, "provider": to_checksum_address(r.provider),
-        "payer": to_checksum_address(r.payer), "modelId": r.model_id, "tokensIn": r.tokens_in,
+        "requestHash": r.request_hash, "provider": checksum(r.provider),
+        "payer": checksum(r.payer), "modelId": r.model_id, "tokensIn": r.tokens_in,
         "tokensOut": r.tokens_out, "latencyMs": r.latency_ms, "amount": r.amount, "timestamp": r.timestamp,
     }  # fmt: skip
     signable = encode_typed_data(_domain(signed.chain_id, signed.registry), RECEIPT_TYPES, message)

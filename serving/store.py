@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from eth_utils import to_checksum_address
 
 from nodeai.chain.receipts import MerkleTree
 from nodeai.chain.vouchers import Voucher
 from nodeai.errors import NodeAIError
 
+from .eth_fast import checksum
 from .receipts import SignedReceipt, receipt_from_json, receipt_to_json
 
 __all__ = ["GatewayStore", "StoreMismatch", "RedeemableVoucher", "ReceiptBatch", "ReceiptProof", "ChannelRecord"]
@@ -132,7 +132,7 @@ class GatewayStore:
 
     def __init__(self, path: str | Path, provider: str):
         self.path = str(path)
-        self.provider = to_checksum_address(provider)
+        self.provider = checksum(provider)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -186,10 +186,12 @@ class GatewayStore:
         return [ChannelRecord(p, m, int(c), int(r)) for p, m, c, r in rows]
 
     def record_request(self, payer: str, model_id: int, charged_total: int, signed: SignedReceipt,
-                       voucher: Voucher | None = None, signature: bytes | None = None) -> None:
-        """One served request: the channel's new charged total, its voucher (if paid by one), its receipt."""
+                       voucher: Voucher | None = None, signature: bytes | None = None,
+                       receipt_json: dict | None = None) -> None:
+        """One served request: the channel's new charged total, its voucher (if paid by one), its receipt
+        (``receipt_json``: its wire form, when the caller made it already)."""
         now = time.time()
-        body = json.dumps(receipt_to_json(signed), separators=(",", ":"))
+        body = json.dumps(receipt_json or receipt_to_json(signed), separators=(",", ":"))
         with self._tx() as db:
             db.execute(
                 "INSERT INTO channels VALUES (?, ?, ?, ?, ?) ON CONFLICT (payer, model_id) "
@@ -211,7 +213,7 @@ class GatewayStore:
         # NOTE: a voucher for an amount seen before is the same promise: the first copy is kept
         # (its expiry may differ; both pay the same once redeemed).
         db.execute("INSERT OR IGNORE INTO vouchers VALUES (?, ?, ?, ?, ?, ?)",
-                   (to_checksum_address(voucher.payer), voucher.model_id, _amount(voucher.cumulative_amount),
+                   (checksum(voucher.payer), voucher.model_id, _amount(voucher.cumulative_amount),
                     voucher.expiry, signature, now))
 
     def redeemable(self, now: int, min_validity: int = 0, min_gain: int = 1) -> list[RedeemableVoucher]:
@@ -248,15 +250,15 @@ class GatewayStore:
         """The stored vouchers of one channel, lowest first (for inspection and tests)."""
         with self._tx() as db:
             rows = db.execute("SELECT cumulative, expiry FROM vouchers WHERE payer = ? AND model_id = ? "
-                              "ORDER BY cumulative", (to_checksum_address(payer), model_id)).fetchall()
-        return [Voucher(to_checksum_address(payer), self.provider, model_id, int(c), e) for c, e in rows]
+                              "ORDER BY cumulative", (checksum(payer), model_id)).fetchall()
+        return [Voucher(checksum(payer), self.provider, model_id, int(c), e) for c, e in rows]
 
     def mark_redeemed(self, redeemed: Iterable[tuple[str, int, int]]) -> None:
         """Record ``(payer, model_id, cumulative)`` as paid out by the escrow; drop the vouchers it supersedes."""
         now = time.time()
         with self._tx() as db:
             for payer, model_id, cumulative in redeemed:
-                payer = to_checksum_address(payer)
+                payer = checksum(payer)
                 db.execute(
                     "INSERT INTO channels VALUES (?, ?, ?, ?, ?) ON CONFLICT (payer, model_id) "
                     "DO UPDATE SET redeemed = max(redeemed, excluded.redeemed), updated = excluded.updated",

@@ -132,9 +132,8 @@ def create_app(
     owns_store = not isinstance(database, GatewayStore)
     mode: AuthMode = auth or ("both" if chain and api_keys else "voucher" if chain else "api_key")
     ids = dict(model_ids or {})
-    prices = {ids.get(name, 0): price for name, price in (offchain_prices or {}).items()}
     authorizer = Authorizer(Ledger(store), signer.address, mode, RateLimiter(limits.rate_limit_per_s,
-                            limits.rate_limit_burst), chain=chain, api_keys=api_keys, offchain_prices=prices,
+                            limits.rate_limit_burst), chain=chain, api_keys=api_keys, offchain_prices=offchain_prices,
                             min_validity=min_voucher_validity)  # fmt: skip
     service = GatewayService(engine_list, authorizer, signer, model_ids=ids, limits=limits,
                              content_filter=content_filter if content_filter is not None else BlocklistFilter(),

@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from eth_utils import to_checksum_address
-
 from ..apikeys import ZERO_ADDRESS, ApiKeyStore
 from ..chain_view import ChainView
+from ..eth_fast import checksum
 from ..errors import PaymentRequired, Unauthorized, Unavailable
 from ..ledger import Ledger, Reservation
 from ..limits import RateLimiter
@@ -57,12 +56,12 @@ class Charge:
 class Authorizer:
     def __init__(self, ledger: Ledger, provider: str, mode: AuthMode, rate_limiter: RateLimiter,
                  chain: ChainView | None = None, api_keys: ApiKeyStore | None = None,
-                 offchain_prices: Mapping[int, int] | None = None, min_validity: int = 60):
+                 offchain_prices: Mapping[str, int] | None = None, min_validity: int = 60):
         if mode in ("voucher", "both") and chain is None:
             raise ValueError(f"auth mode {mode!r} takes vouchers, which need a ChainView (rpc_url and deployments)")
         if mode in ("api_key", "both") and api_keys is None:
             raise ValueError(f"auth mode {mode!r} takes API keys, which need an ApiKeyStore (api_keys_file)")
-        self.ledger, self.provider, self.mode = ledger, to_checksum_address(provider), mode
+        self.ledger, self.provider, self.mode = ledger, checksum(provider), mode
         self.rate_limiter, self.chain, self.api_keys = rate_limiter, chain, api_keys
         self.offchain_prices = dict(offchain_prices or {})
         self.min_validity = min_validity
@@ -75,11 +74,11 @@ class Authorizer:
     def takes_api_keys(self) -> bool:
         return self.mode in ("api_key", "both")
 
-    async def price(self, model_id: int) -> int:
-        """The price per 1k tokens: on chain when there is one, else the configured off-chain price."""
-        if self.chain is not None:
+    async def price(self, model: str, model_id: int | None) -> int:
+        """The price per 1k tokens: on chain when the model has an id there, else the configured off-chain price."""
+        if self.chain is not None and model_id is not None:
             return await self.chain.price(model_id)
-        return self.offchain_prices.get(model_id, 0)
+        return self.offchain_prices.get(model, 0)
 
     async def authorize(self, headers: Mapping[str, str], model: str, model_id: int | None, prompt_tokens: int,
                         max_tokens: int) -> Charge:
@@ -88,7 +87,7 @@ class Authorizer:
             return await self._by_voucher(voucher_header, model, model_id, prompt_tokens, max_tokens)
         bearer = _bearer(headers.get("authorization"))
         if bearer is not None and self.takes_api_keys:
-            return await self._by_api_key(bearer, model_id, prompt_tokens, max_tokens)
+            return await self._by_api_key(bearer, model, model_id, prompt_tokens, max_tokens)
         if self.takes_vouchers:
             raise await self._voucher_required(model, model_id, prompt_tokens, max_tokens)
         raise Unauthorized("no valid API key: send it as `Authorization: Bearer nk_...` (openai.OpenAI(api_key=...))")
@@ -97,7 +96,8 @@ class Authorizer:
         self.ledger.release(charge.reservation)
 
     # -- API keys -------------------------------------------------------------------------------
-    async def _by_api_key(self, token: str, model_id: int | None, prompt_tokens: int, max_tokens: int) -> Charge:
+    async def _by_api_key(self, token: str, model: str, model_id: int | None, prompt_tokens: int,
+                          max_tokens: int) -> Charge:
         assert self.api_keys is not None
         key = self.api_keys.authenticate(token)
         if key is None:
@@ -105,10 +105,10 @@ class Authorizer:
             raise Unauthorized(f"the API key is not valid for this provider: check the key you were given{hint}")
         payer = Payer("api_key", f"apikey:{key.id}", key.payer or ZERO_ADDRESS)
         self.rate_limiter.check(payer.account)
-        resolved_id = model_id or 0
-        price = self.offchain_prices.get(resolved_id, 0)
-        if self.chain is not None and model_id is not None:
-            price = await self.chain.price(model_id)
+        # NOTE: API-key requests are metered at the on-chain price when the model has one, so a
+        # provider's invoices match what its voucher clients pay; model id 0 means "not on chain".
+        resolved_id = model_id if model_id is not None else 0
+        price = await self.price(model, model_id)
         amount = max_price(prompt_tokens, max_tokens, price)
         reservation = self.ledger.reserve(payer.account, resolved_id, amount)
         return Charge(payer, resolved_id, price, reservation)

@@ -18,6 +18,7 @@ import logging
 import secrets
 import struct
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Mapping, Sequence
 
@@ -150,11 +151,10 @@ class GatewayService:
         for served in self.models.values():
             extra: dict[str, Any] = {"kind": served.card.kind, "context_length": served.card.context_length,
                                      "model_id": served.model_id}
-            if served.model_id is not None:
-                try:
-                    extra["price_per_1k"] = str(await self.authorizer.price(served.model_id))
-                except GatewayError:
-                    extra["price_per_1k"] = None  # NOTE: the list stays available while the RPC is down
+            try:
+                extra["price_per_1k"] = str(await self.authorizer.price(served.card.id, served.model_id))
+            except GatewayError:
+                extra["price_per_1k"] = None  # NOTE: the list stays available while the RPC is down
             data.append(ModelOut(id=served.card.id, created=0, owned_by=served.card.owned_by, nodeai=extra))
         return ModelList(data=data)
 
@@ -253,7 +253,8 @@ class GatewayService:
 
     # -- settlement -----------------------------------------------------------------------------
     def _settle(self, charge: Charge, served: ServedModel, usage: Usage, raw_body: Any, response_id: str,
-                started: float) -> tuple[SignedReceipt, int]:
+                started: float) -> tuple[dict[str, Any], int]:
+        """Charge the actual price, sign and store the receipt; returns the receipt's wire form and the total."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         actual = price_for_tokens(usage.total_tokens, charge.price_per_1k)
 
@@ -264,22 +265,21 @@ class GatewayService:
                 tokens_out=usage.completion_tokens, latency_ms=latency_ms, amount=amount, timestamp=int(time.time()),
             ))  # fmt: skip
 
-        amount, total, signed = self.authorizer.ledger.settle(charge.reservation, actual, make_receipt)
+        amount, total, _, wire = self.authorizer.ledger.settle(charge.reservation, actual, make_receipt)
         model = served.card.id
         self.metrics.tokens.labels(model=model, direction="in").inc(usage.prompt_tokens)
         self.metrics.tokens.labels(model=model, direction="out").inc(usage.completion_tokens)
         self.metrics.charged.labels(model=model, mode=charge.payer.mode).inc(amount)
-        return signed, total
+        return wire, total
 
     @staticmethod
-    def _usage(usage: Usage, signed: SignedReceipt, total: int) -> UsageOut:
+    def _usage(usage: Usage, receipt: dict[str, Any], total: int) -> UsageOut:
         return UsageOut(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                        total_tokens=usage.total_tokens, nodeai_receipt=signed.to_json(),
-                        nodeai_charged_total=str(total))
+                        total_tokens=usage.total_tokens, nodeai_receipt=receipt, nodeai_charged_total=str(total))
 
     @staticmethod
-    def _headers(signed: SignedReceipt, total: int) -> dict[str, str]:
-        return {RECEIPT_HEADER: encode_receipt_header(signed), CHARGED_TOTAL_HEADER: str(total)}
+    def _headers(receipt: dict[str, Any], total: int) -> dict[str, str]:
+        return {RECEIPT_HEADER: encode_receipt_header(receipt), CHARGED_TOTAL_HEADER: str(total)}
 
     # -- completions and chat -------------------------------------------------------------------
     async def completions(self, req: CompletionRequest, raw_body: Any, headers: Mapping[str, str]) -> Served | Streamed:
@@ -293,14 +293,13 @@ class GatewayService:
         response_id = "cmpl-" + secrets.token_hex(12)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Streamed(self._stream(served, gen, charge, raw_body, response_id, started, include_usage,
-                                         chat=False), {})
+            return self._streamed(served, gen, charge, raw_body, response_id, started, include_usage, chat=False)
         text, finish, usage = await self._complete(served, gen, charge)
-        signed, total = self._settle(charge, served, usage, raw_body, response_id, started)
+        receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
         body = CompletionResponse(id=response_id, model=served.card.id,
                                   choices=[CompletionChoice(text=text, finish_reason=finish)],
-                                  usage=self._usage(usage, signed, total))
-        return Served(body, self._headers(signed, total))
+                                  usage=self._usage(usage, receipt, total))
+        return Served(body, self._headers(receipt, total))
 
     async def chat(self, req: ChatCompletionRequest, raw_body: Any, headers: Mapping[str, str]) -> Served | Streamed:
         started = time.perf_counter()
@@ -314,14 +313,13 @@ class GatewayService:
         response_id = "chatcmpl-" + secrets.token_hex(12)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Streamed(self._stream(served, gen, charge, raw_body, response_id, started, include_usage,
-                                         chat=True), {})
+            return self._streamed(served, gen, charge, raw_body, response_id, started, include_usage, chat=True)
         text, finish, usage = await self._complete(served, gen, charge)
-        signed, total = self._settle(charge, served, usage, raw_body, response_id, started)
+        receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
         body = ChatCompletionResponse(id=response_id, model=served.card.id,
                                       choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finish)],
-                                      usage=self._usage(usage, signed, total))
-        return Served(body, self._headers(signed, total))
+                                      usage=self._usage(usage, receipt, total))
+        return Served(body, self._headers(receipt, total))
 
     async def _complete(self, served: ServedModel, gen: GenerationRequest, charge: Charge) -> tuple[str, str, Usage]:
         engine_started = time.perf_counter()
@@ -340,8 +338,23 @@ class GatewayService:
             self.metrics.errors.labels(type="content_filter_output").inc()
         return text, finish, completion.usage
 
+    def _streamed(self, served: ServedModel, gen: GenerationRequest, charge: Charge, raw_body: Any,
+                  response_id: str, started: float, include_usage: bool, chat: bool) -> Streamed:
+        done = _Done()
+        events = self._stream(served, gen, charge, raw_body, response_id, started, include_usage, chat, done)
+        # NOTE: a client that leaves before the first chunk leaves the generator unstarted, and an
+        # unstarted generator never runs its `finally`: release its reservation when it is collected.
+        weakref.finalize(events, self._release_unsettled, charge, done)
+        return Streamed(events, {})
+
+    def _release_unsettled(self, charge: Charge, done: "_Done") -> None:
+        if not done.value:
+            done.value = True
+            self.authorizer.release(charge)
+
     async def _stream(self, served: ServedModel, gen: GenerationRequest, charge: Charge, raw_body: Any,
-                      response_id: str, started: float, include_usage: bool, chat: bool) -> AsyncIterator[bytes]:
+                      response_id: str, started: float, include_usage: bool, chat: bool,
+                      done: "_Done") -> AsyncIterator[bytes]:
         model = served.card.id
         created = int(time.time())
 
@@ -356,7 +369,6 @@ class GatewayService:
         guard = OutputGuard(self.filter)
         usage: Usage | None = None
         finish: str | None = None
-        settled = False
         first_token = False
         stream = served.engine.stream(gen)
         try:
@@ -378,8 +390,7 @@ class GatewayService:
                         break
             except Exception as exc:
                 if not first_token:
-                    self.authorizer.release(charge)
-                    settled = True
+                    self._release_unsettled(charge, done)
                 err = _engine_error(exc)
                 self.metrics.errors.labels(type=err.code).inc()
                 log.warning("stream of %s failed: %s", response_id, exc)
@@ -392,10 +403,10 @@ class GatewayService:
                 yield _sse(chunk(rest))
             if usage is None:
                 usage = self._count_usage(served, gen, guard.text)
-            signed, total = self._settle(charge, served, usage, raw_body, response_id, started)
-            settled = True
+            done.value = True
+            receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
             last = chunk(None if chat else "", finish or "stop")
-            usage_out = self._usage(usage, signed, total)
+            usage_out = self._usage(usage, receipt, total)
             if include_usage:
                 yield _sse(last)
                 final = (ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=usage_out)
@@ -413,7 +424,8 @@ class GatewayService:
             with anyio.CancelScope(shield=True):
                 if hasattr(stream, "aclose"):
                     await stream.aclose()  # NOTE: stops the engine generating for a client that left
-            if not settled:
+            if not done.value:
+                done.value = True
                 # NOTE: the client went away mid-stream: charge what the engine generated for it.
                 try:
                     partial = self._count_usage(served, gen, guard.text)
@@ -465,16 +477,29 @@ class GatewayService:
         self.metrics.engine_latency.labels(model=served.card.id).observe(time.perf_counter() - engine_started)
         usage = Usage(result.prompt_tokens, 0)
         response_id = "emb-" + secrets.token_hex(12)
-        signed, total = self._settle(charge, served, usage, raw_body, response_id, started)
+        receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
+        # NOTE: model_construct: the engine's vectors need no validation, and validating 384 floats
+        # per input costs more than the rest of the response.
         if req.encoding_format == "base64":
-            data = [EmbeddingData(index=i, embedding=base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode())
+            data = [EmbeddingData.model_construct(index=i, object="embedding",
+                                                  embedding=base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode())
                     for i, v in enumerate(result.vectors)]
         else:
-            data = [EmbeddingData(index=i, embedding=v) for i, v in enumerate(result.vectors)]
+            data = [EmbeddingData.model_construct(index=i, object="embedding", embedding=v)
+                    for i, v in enumerate(result.vectors)]
         # NOTE: OpenAI's embedding response has no id; receipts hash one, so it rides as an extra field.
         body = EmbeddingResponse(id=response_id, data=data, model=served.card.id,
-                                 usage=self._usage(usage, signed, total))
-        return Served(body, self._headers(signed, total))
+                                 usage=self._usage(usage, receipt, total))
+        return Served(body, self._headers(receipt, total))
+
+
+class _Done:
+    """Whether a stream's reservation was settled or released (exactly one of them happens)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
 
 
 def _json_dumps(value: Any) -> str:
