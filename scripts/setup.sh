@@ -7,14 +7,14 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 STAMP=.venv/.nodeai-setup-stamp
-want="$(cat requirements.lock requirements-models.txt scripts/setup.sh pyproject.toml package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
+want="$(cat requirements.lock requirements-models.txt scripts/setup.sh pyproject.toml package.json package-lock.json tests/ipfs/jsipfs/package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
 LLAMA_CPP_VERSION=0.3.36
 
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || [ ! -x node_modules/.bin/anvil ]; then
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || [ ! -x node_modules/.bin/anvil ] || [ ! -d tests/ipfs/jsipfs/node_modules ]; then
     echo "setup: installing Python packages from requirements.lock (first run: a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" "wheel==0.45.1"
     .venv/bin/python -m pip install --quiet -r requirements.lock
@@ -33,6 +33,14 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || [ ! -x node_modules/.bin/anvi
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     echo "setup: installing npm packages (anvil)"
     npm ci --no-audit --no-fund --loglevel=error
+    # NOTE: no kubo daemon can be installed from a registry here (npm `kubo` and
+    # PyPI wrappers download it from dist.ipfs.tech), so the RPC backend is tested
+    # against js-ipfs, which serves the same /api/v0 calls. Its .npmrc skips
+    # install scripts, which would download binaries. `npm install` (which keeps
+    # to the lock file) rather than `npm ci`: with optional packages omitted, npm
+    # 11's ci check reports the lock out of sync ("Missing: headless@").
+    echo "setup: installing js-ipfs for the IPFS RPC backend tests (first run: a few minutes)"
+    (cd tests/ipfs/jsipfs && npm install --no-audit --no-fund --loglevel=error)
     echo "$want" > "$STAMP"
 fi
 
