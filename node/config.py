@@ -65,7 +65,7 @@ class ChainConfig(Section):
     rpc_timeout: float = Field(10.0, gt=0)
     """Seconds one JSON-RPC request may take."""
     poll_interval: float = Field(1.0, gt=0)
-    """Seconds between looks at the chain while a job waits (challenge window, priority window)."""
+    """Seconds between polls of the chain head (the clock waiting jobs go by) when feed.watch_head is off."""
 
 
 class KeystoreConfig(Section):

@@ -205,6 +205,8 @@ class ProviderDaemon:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stake_cache: tuple[int, float] | None = None
+        self._head: tuple[int, int] | None = None  # (number, timestamp) of the latest block seen
+        self._head_changed = asyncio.Event()
         self.ready = False
 
     # -- the decorator surface ----------------------------------------------------------------------------
@@ -315,8 +317,7 @@ class ProviderDaemon:
         for hook in self._hooks["startup"]:
             await hook(self)
         self._spawn(self._feed_loop(), "feed")
-        if self.config.feed.watch_head:
-            self._spawn(self._head_loop(), "head")
+        self._spawn(self._head_loop(), "head")
         self._spawn(self._scheduler_loop(), "scheduler")
         if self.vouchers is not None or self.receipts is not None:
             self._spawn(self._settlement_loop(), "settlement")
@@ -448,28 +449,38 @@ class ProviderDaemon:
             await self._consider(job_id, job_struct(doc), doc["input_cid"], doc["created_block"])
 
     async def _head_loop(self) -> None:
-        """The claim fast path: JobCreated logs of each new block, straight from the RPC.
+        """The chain clock, and the claim fast path.
 
-        The indexer's feed delivers the same jobs a moment later (and after a
-        restart); whichever comes first records the job, the other finds it known.
-        Failures only cost latency, so they are logged and retried.
+        One poll of the latest block serves every job: drivers waiting for a
+        window or a deadline read the head's timestamp from here instead of
+        asking the node each (``_now``, ``_until``). With ``feed.watch_head`` the
+        JobCreated logs of each new block are read straight from the RPC, so a
+        claim does not wait for the indexer to ingest the block; the indexer's
+        feed delivers the same jobs a moment later (and after a restart), and
+        whichever comes first records the job. Failures only cost latency.
         """
         chain = self.chain
         topic = chain.topic("JobCreated")
         served = {m.id for m in self.config.provider.models}
-        last = await asyncio.to_thread(chain.tx.retry, lambda: chain.w3.eth.block_number, "eth_blockNumber")
+        watch = self.config.feed.watch_head
+        interval = self.config.feed.poll_interval if watch else self.config.chain.poll_interval
+        last: int | None = None
         while True:
-            await asyncio.sleep(self.config.feed.poll_interval)
             try:
-                head = await asyncio.to_thread(lambda: chain.w3.eth.block_number)
-                if head <= last:
-                    continue
-                logs = await asyncio.to_thread(chain.w3.eth.get_logs, {
-                    "address": chain.market.address, "fromBlock": last + 1, "toBlock": head, "topics": [topic]})
-            except Exception as exc:  # noqa: BLE001 - the indexer's feed covers what this misses
-                log.debug("head watch failed: %s", exc)
-                continue
-            last = head
+                block = await asyncio.to_thread(chain.w3.eth.get_block, "latest")
+                number, stamp = int(block["number"]), int(block["timestamp"])
+                if self._head is None or number > self._head[0]:
+                    self._head = (number, stamp)
+                    self._head_changed.set()
+                    self._head_changed = asyncio.Event()
+                logs = []
+                if watch and last is not None and number > last:
+                    logs = await asyncio.to_thread(chain.w3.eth.get_logs, {
+                        "address": chain.market.address, "fromBlock": last + 1, "toBlock": number, "topics": [topic]})
+                last = number if last is None or number > last else last
+            except Exception as exc:  # noqa: BLE001 - the next poll retries; the indexer's feed covers jobs
+                log.debug("head poll failed: %s", exc)
+                logs = []
             for entry in logs:
                 args = chain.market.events.JobCreated().process_log(entry)["args"]
                 job_id = int(args["jobId"])
@@ -479,6 +490,25 @@ class ProviderDaemon:
                     continue
                 await self._wait_for_slot()
                 await self._consider(job_id, Job.from_created(args), args["inputCid"], entry["blockNumber"])
+            await asyncio.sleep(interval)
+
+    async def _now(self) -> int:
+        """Timestamp of the latest block, from the head poll (one RPC before the first poll)."""
+        if self._head is None:
+            return await asyncio.to_thread(self.chain.now)
+        return self._head[1]
+
+    async def _until(self, timestamp: int, limit: float) -> None:
+        """Wait until the chain's clock reaches ``timestamp``, or ``limit`` seconds, whichever comes first."""
+        deadline = time.monotonic() + limit
+        while self._head is None or self._head[1] < timestamp:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._head_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
 
     async def _free_stake(self) -> int:
         """The free stake, read at most once a second; bonds of claims since are subtracted locally."""
@@ -488,7 +518,7 @@ class ProviderDaemon:
         return cached[0]
 
     async def _consider(self, job_id: int, job: Job, input_cid: str, created_block: int) -> None:
-        now, free = await asyncio.gather(asyncio.to_thread(self.chain.now), self._free_stake())
+        now, free = await asyncio.gather(self._now(), self._free_stake())
         offer = JobOffer(job.model_id, job.max_payment, job.deadline, job.bond, job.priority_provider, job.priority_until)
         decision = claim_decision(offer, self.policy(), in_progress=len(self._busy), now=now, free_stake=free,
                                   provider=self.account.address)
@@ -544,7 +574,7 @@ class ProviderDaemon:
                     (job, now), status, fresh = fresh, None, None
                 else:
                     job = await asyncio.to_thread(self.chain.job, job_id, [record.job], record.created_block)
-                    now = await asyncio.to_thread(self.chain.now)
+                    now = await self._now()
                     status = await asyncio.to_thread(self._step_status, record)
             except LookupError as exc:
                 failures += 1
@@ -561,6 +591,8 @@ class ProviderDaemon:
             if job != record.job:
                 record = await self._db("update", job_id, job=job)
             decision = next_action(LocalView(record.phase, status, record.has_result), self.chain.view(job, now))
+            log.debug("job %d: %s (%s)", job_id, decision.action.value, decision.reason,
+                      extra={"job_id": job_id, "chain_time": now})
             try:
                 await self._perform(record, job, decision.action, decision.reason, now)
                 failures = 0
@@ -620,7 +652,7 @@ class ProviderDaemon:
             else:
                 await asyncio.sleep(self.config.tx.poll_interval)
         elif action is Action.WAIT_PRIORITY:
-            await asyncio.sleep(min(max(job.priority_until - now, 0.2), self.config.chain.poll_interval))
+            await self._until(job.priority_until, 60)
         elif action is Action.EXECUTE:
             self._busy.add(job_id)
             await self._set(job_id, Phase.EXECUTING)
@@ -637,7 +669,8 @@ class ProviderDaemon:
             if record.phase in BUSY:
                 await self._set(job_id, Phase.SUBMITTED, reason=None)
                 self._notify_result(job_id)
-            await asyncio.sleep(min(max(job.window_ends - now, 0.2), self.config.chain.poll_interval))
+            # NOTE: re-read the job at least once a minute: a dispute moves the window's end
+            await self._until(job.window_ends, 60)
         elif action is Action.FINALIZE:
             _, job = await asyncio.to_thread(chain.finalize, job_id, job,
                                              self._on_signed(job_id, "finalize", Phase.FINALIZING))

@@ -16,10 +16,12 @@ The requester sends ``createJob`` transactions at ``--rate`` per second. For eac
   The challenge window is protocol time, not pipeline time: once a job's result
   is on chain the bench moves the chain clock past the window
   (``evm_increaseTime``), so the figure is the pipeline plus a block or two.
+* jobs_per_min: jobs settled per minute from the first createJob to the last
+  settlement (bounded by ``--rate``; raise it to find the daemon's ceiling).
 
 Run::
 
-    .venv/bin/python scripts/bench/node.py [--jobs 30] [--rate 2]
+    .venv/bin/python scripts/bench/node.py [--jobs 30] [--rate 1]
 
 Last line: one JSON object (jobs, jobs_per_min, claim_latency_p50_ms, claim_latency_p90_ms,
 create_to_submit_p50_s, create_to_settle_p50_s, ...).
@@ -90,6 +92,32 @@ class BlockWatcher(threading.Thread):
             time.sleep(0.005)
 
 
+class WindowKeeper(threading.Thread):
+    """Records the blocks of JobSubmitted/JobSettled and moves the chain clock past each new challenge window."""
+
+    def __init__(self, w3: Web3, market: Marketplace, from_block: int):
+        super().__init__(daemon=True, name="window-keeper")
+        self.w3, self.market, self.scanned = w3, market, from_block
+        self.submitted: dict[int, int] = {}
+        self.settled: dict[int, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        events = self.market.market.events
+        while not self.stop.wait(0.2):
+            head = self.w3.eth.block_number
+            fresh = False
+            for event in events.JobSubmitted.get_logs(from_block=self.scanned, to_block=head):
+                if event["args"]["jobId"] not in self.submitted:
+                    self.submitted[event["args"]["jobId"]] = event["blockNumber"]
+                    fresh = True
+            for event in events.JobSettled.get_logs(from_block=self.scanned, to_block=head):
+                self.settled.setdefault(event["args"]["jobId"], event["blockNumber"])
+            self.scanned = max(self.scanned, head - 2)
+            if fresh:  # NOTE: the window is protocol time: the next block is past it for what was submitted
+                self.w3.provider.make_request("evm_increaseTime", [61])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -98,7 +126,7 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=30, help="agent jobs to run")
-    parser.add_argument("--rate", type=float, default=2.0, help="createJob transactions per second")
+    parser.add_argument("--rate", type=float, default=1.0, help="createJob transactions per second (1: below the daemon's throughput here)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every job to settle")
     args = parser.parse_args(argv)
 
@@ -186,6 +214,8 @@ json = true
                 data = json.dumps({"kind": "agent", "spec_cid": spec_cid, "input": f"bench job {i}"}).encode()
                 inputs.append((store.add_bytes(data), data))
             chain_now = w3.eth.get_block("latest")["timestamp"]
+            keeper = WindowKeeper(w3, market, w3.eth.block_number)
+            keeper.start()
             started = time.time()
             for i, (cid, _) in enumerate(inputs):
                 tx = market.market.functions.createJob(agent_id, cid, 2 * ONE, chain_now + 86_400, ZERO_ADDRESS, 0)
@@ -202,24 +232,10 @@ json = true
                 for event in market.market.events.JobCreated().process_receipt(receipt, errors=DISCARD):
                     created[event["args"]["jobId"]] = (receipt["blockNumber"], at)
 
-            submitted: dict[int, int] = {}
-            settled: dict[int, int] = {}
-            scanned = deployment.deploy_block
             deadline = time.monotonic() + args.timeout
-            while len(settled) < len(created):
+            while len(keeper.settled) < len(created):
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"only {len(settled)} of {len(created)} jobs settled within {args.timeout:.0f} s")
-                head = w3.eth.block_number
-                fresh = False
-                for event in market.market.events.JobSubmitted.get_logs(from_block=scanned, to_block=head):
-                    if event["args"]["jobId"] not in submitted:
-                        submitted[event["args"]["jobId"]] = event["blockNumber"]
-                        fresh = True
-                for event in market.market.events.JobSettled.get_logs(from_block=scanned, to_block=head):
-                    settled.setdefault(event["args"]["jobId"], event["blockNumber"])
-                scanned = max(scanned, head - 2)
-                if fresh:  # NOTE: the window is protocol time: move the chain clock past it for what was submitted
-                    w3.provider.make_request("evm_increaseTime", [61])
+                    raise SystemExit(f"only {len(keeper.settled)} of {len(created)} jobs settled within {args.timeout:.0f} s")
                 time.sleep(0.2)
             finished = time.time()
         finally:
@@ -232,6 +248,9 @@ json = true
             log.close()
             watcher.stop.set()
             watcher.join(timeout=5)
+            if "keeper" in locals():
+                keeper.stop.set()
+                keeper.join(timeout=5)
 
     db = sqlite3.connect(work / "state" / "node.db")
     rows = db.execute("SELECT job_id, seen_at, claim_sent_at FROM jobs").fetchall()
@@ -242,8 +261,8 @@ json = true
     # NOTE: the two halves of the claim latency: the indexer feed delivering the job, then the claim path
     feed_ms = [1000 * (seen_at[j] - watcher.seen[block]) for j, (block, _) in created.items() if j in seen_at]
     decide_ms = [1000 * (claim_sent[j] - seen_at[j]) for j in created if claim_sent.get(j) and j in seen_at]
-    to_submit = [watcher.seen[submitted[j]] - at for j, (_, at) in created.items()]
-    to_settle = [watcher.seen[settled[j]] - at for j, (_, at) in created.items()]
+    to_submit = [watcher.seen[keeper.submitted[j]] - at for j, (_, at) in created.items()]
+    to_settle = [watcher.seen[keeper.settled[j]] - at for j, (_, at) in created.items()]
     result = {
         "jobs": len(created),
         "job_kind": "agent (rules planner, no model calls)",
