@@ -50,7 +50,7 @@ QUESTIONS = [
     "Write a haiku about the sea.",
     "What does a CPU do?",
     "Give me a tip for learning Python.",
-    "What is 12 times 12?",
+    "Explain photosynthesis.",
     "Describe a cat in one sentence.",
 ]
 SENTENCES = [
@@ -118,8 +118,10 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="requests per client and concurrency level")
     parser.add_argument("--n-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-threads-batch", type=int, default=None)
-    parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
-    parser.add_argument("--no-kv-unified", action="store_true")
+    parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="on")
+    parser.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
+    parser.add_argument("--no-prompt-cache", action="store_true")
+    parser.add_argument("--thread-priority", type=int, default=LlamaCppConfig.thread_priority)
     parser.add_argument("--skip-embeddings", action="store_true")
     args = parser.parse_args()
 
@@ -127,7 +129,9 @@ async def main() -> None:
         n_threads=args.n_threads,
         n_threads_batch=args.n_threads_batch,
         flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
-        kv_unified=not args.no_kv_unified,
+        kv_unified=args.kv_unified,
+        prompt_cache=not args.no_prompt_cache,
+        thread_priority=args.thread_priority,
     )
     results: dict[str, object] = {}
     gen = LlamaCppEngine(config)
@@ -136,6 +140,7 @@ async def main() -> None:
         results.update(await bench_gen(gen, args.requests))
         results["gen_steps"] = gen.stats.steps
         results["gen_max_sequences_in_step"] = gen.stats.max_sequences_in_step
+        results["gen_prompt_tokens_reused"] = gen.stats.prompt_tokens_reused
     finally:
         await gen.close()
     if not args.skip_embeddings:
@@ -151,6 +156,9 @@ async def main() -> None:
         "n_threads_batch": config.n_threads_batch or config.n_threads,
         "flash_attn": args.flash_attn,
         "kv_unified": config.kv_unified,
+        "prompt_cache": config.prompt_cache,
+        "thread_priority": config.thread_priority,
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "n_seq_max": config.n_seq_max,
         "requests_per_level": args.requests,
     }
