@@ -195,10 +195,10 @@ def test_concurrent_requests_cannot_spend_one_vouchers_headroom_twice(paid: Paid
     chain, market = paid.chain, paid.chain.market
     market.deposit(10**6, payer="payer2")
     wallet = paid.wallet("payer2")
-    body = {"model": LLM, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    body = {"model": LLM, "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
     prompt_tokens = paid.server.app.state.gateway.models[LLM].engine.count_tokens(
         LLM, GenerationRequest(model=LLM, prompt=PROMPT))
-    one_request = price_for_tokens(prompt_tokens + 8, chain.llm_price)
+    one_request = price_for_tokens(prompt_tokens + 4, chain.llm_price)
     voucher = wallet.sign(chain.llm_id, one_request + one_request // 2)  # covers one request, not two
     barrier, results = threading.Barrier(2), []
 
