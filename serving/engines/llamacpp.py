@@ -32,10 +32,14 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from nodeai.errors import (
     ContextLengthExceeded,
@@ -400,6 +404,7 @@ class _Model:
             self.eos_text = self._token_text(self.eos)
             self.chat_template = self.meta("tokenizer.chat_template")
             self._piece_buf = ctypes.create_string_buffer(256)
+            self._candidates: npt.NDArray[Any] | None = None
         except BaseException:
             self.close()
             raise
@@ -454,18 +459,22 @@ class _Model:
             return big.raw[:n]
         return buf.raw[:n]
 
+    def candidates(self) -> npt.NDArray[Any]:
+        """A reusable llama_token_data[n_vocab] buffer (worker thread only)."""
+        if self._candidates is None:
+            n_vocab = self.lc.llama_vocab_n_tokens(self.vocab)
+            # NOTE: the same layout as llama_token_data (int32, float, float).
+            dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+            assert dtype.itemsize == ctypes.sizeof(self.lc.llama_token_data)
+            self._candidates = np.zeros(n_vocab, dtype=dtype)
+        return self._candidates
+
     def is_eog(self, token: int) -> bool:
         return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
 
-    def new_sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+    def new_sampler(self, params: SamplingParams, grammar: str | None) -> _Sampler:
         lc = self.lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        if grammar is not None:
-            g = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-            if not g:
-                lc.llama_sampler_free(chain)
-                raise InvalidGenerationParams("json_schema", "llama.cpp rejected the grammar made from it")
-            lc.llama_sampler_chain_add(chain, g)
         if params.temperature == 0.0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
@@ -474,7 +483,62 @@ class _Model:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
             seed = lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 0xFFFFFFFF
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
-        return chain
+        g = None
+        if grammar is not None:
+            g = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise InvalidGenerationParams("json_schema", "llama.cpp rejected the grammar made from it")
+        return _Sampler(self, chain, g)
+
+
+class _Sampler:
+    """One sequence's sampler chain, plus its grammar kept apart from the chain.
+
+    # NOTE: a grammar sampler applied to all 49k candidates costs ~10 ms a
+    # token here, paid by the whole batch (one worker thread). As llama.cpp's
+    # common_sampler does, the chain samples first and the grammar only checks
+    # that one token; only when the grammar rejects it is the grammar applied
+    # to every candidate and the chain run again. For greedy decoding this is
+    # the same token; for plain temperature sampling the same distribution."""
+
+    __slots__ = ("model", "chain", "grammar")
+
+    def __init__(self, model: _Model, chain: Any, grammar: Any) -> None:
+        self.model, self.chain, self.grammar = model, chain, grammar
+
+    def sample(self, idx: int) -> int:
+        lc, ctx = self.model.lc, self.model.ctx
+        token = int(lc.llama_sampler_sample(self.chain, ctx, idx))
+        if self.grammar is None:
+            return token
+        one = lc.llama_token_data_array(
+            data=ctypes.pointer(lc.llama_token_data(token, 1.0, 0.0)), size=1, selected=-1, sorted=False
+        )
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(one))
+        if one.data[0].logit != float("-inf"):
+            lc.llama_sampler_accept(self.grammar, token)
+            return token
+        cand = self.model.candidates()
+        n_vocab = len(cand)
+        cand["id"] = np.arange(n_vocab, dtype=np.int32)
+        cand["logit"] = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, idx), shape=(n_vocab,))
+        cand["p"] = 0.0
+        arr = lc.llama_token_data_array(
+            data=cand.ctypes.data_as(lc.llama_token_data_p), size=n_vocab, selected=-1, sorted=False
+        )
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        lc.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        token = int(arr.data[arr.selected].id)
+        lc.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def close(self) -> None:
+        lc = self.model.lc
+        for s in (self.chain, self.grammar):
+            if s:
+                lc.llama_sampler_free(s)
+        self.chain = self.grammar = None
 
 
 def grammar_for(schema: dict) -> str:
@@ -519,7 +583,7 @@ class _Sequence:
     sink: Sink
     cancelled: bool = False
     slot: _Slot | None = None
-    sampler: Any = None
+    sampler: _Sampler | None = None
     n_fed: int = 0  # prompt tokens already decoded
     next_token: int = -1  # sampled, to be fed next step
     completion_tokens: int = 0
@@ -549,6 +613,10 @@ class EngineStats:
     max_sequences_in_step: int = 0
     prompt_tokens_reused: int = 0
     """Prompt tokens not decoded because their slot already held them."""
+    decode_seconds: float = 0.0
+    """Wall time inside llama_decode."""
+    step_seconds: float = 0.0
+    """Wall time of whole steps (decode, sampling, detokenising, handing out deltas)."""
 
 
 class LlamaCppEngine(Engine):
@@ -861,7 +929,7 @@ class LlamaCppEngine(Engine):
         model = self._model
         assert model is not None
         if seq.sampler is not None:
-            model.lc.llama_sampler_free(seq.sampler)
+            seq.sampler.close()
             seq.sampler = None
         slot, seq.slot = seq.slot, None
         if slot is None:
@@ -882,6 +950,7 @@ class LlamaCppEngine(Engine):
         model = self._model
         assert model is not None
         lc, batch = model.lc, model.batch
+        t_step = time.perf_counter()
         n = 0
         outputs: list[tuple[int, _Sequence]] = []
         fed: list[tuple[_Slot, Sequence[int]]] = []
@@ -914,7 +983,9 @@ class LlamaCppEngine(Engine):
             fed.append((seq.slot, tokens[seq.n_fed : seq.n_fed + take]))
             seq.n_fed += take
         batch.n_tokens = n
+        t_decode = time.perf_counter()
         rc = lc.llama_decode(model.ctx, batch)
+        self.stats.decode_seconds += time.perf_counter() - t_decode
         if rc != 0:
             # NOTE: admission keeps every sequence within its cells, so this is
             # a bug or an abort: fail this step's requests and forget what their
@@ -934,9 +1005,10 @@ class LlamaCppEngine(Engine):
         self.stats.max_sequences_in_step = max(self.stats.max_sequences_in_step, in_step)
         finished: list[_Sequence] = []
         for idx, seq in outputs:
-            token = lc.llama_sampler_sample(seq.sampler, model.ctx, idx)
+            token = seq.sampler.sample(idx)
             if self._accept(seq, token):
                 finished.append(seq)
+        self.stats.step_seconds += time.perf_counter() - t_step
         return finished
 
     def _accept(self, seq: _Sequence, token: int) -> bool:
