@@ -53,6 +53,7 @@ from .base import (
     ChatMessage,
     Completion,
     Delta,
+    Embeddings,
     Engine,
     EngineHealth,
     FinishReason,
@@ -821,6 +822,10 @@ class LlamaCppEngine(Engine):
                 assert d.usage is not None
                 return Completion("".join(parts), d.finish_reason, d.usage)
         raise EngineUnavailable(self.name, "the stream ended without a finish reason")  # pragma: no cover
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> Embeddings:
+        self._check_model(model)
+        raise InvalidGenerationParams("model", f"{model!r} generates text; it makes no embeddings")
 
     def complete_sync(self, request: GenerationRequest, timeout: float | None = None) -> Completion:
         """Blocking `complete` for threads without an event loop; `TimeoutError`
