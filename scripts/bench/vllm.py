@@ -108,13 +108,16 @@ async def main() -> None:
                         help="requests at concurrency 1 (half as many per client at 8)")  # fmt: skip
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compile", action="store_true", help="let vLLM torch.compile (slow start: minutes more)")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--kv-cache-gib", type=int, default=1)
+    parser.add_argument("--env", action="append", default=[],
+                        help="environment for vLLM, e.g. --env VLLM_CPU_NUM_OF_RESERVED_CPU=0")  # fmt: skip
     parser.add_argument("--extra-arg", action="append", default=[],
                         help="more api_server flags, e.g. --extra-arg=--max-num-seqs=16")  # fmt: skip
     args = parser.parse_args()
 
     config = VllmConfig(dtype=args.dtype, enforce_eager=not args.compile, kv_cache_gib=args.kv_cache_gib,
-                        extra_args=tuple(args.extra_arg), startup_timeout_s=1800.0)  # fmt: skip
+                        extra_args=tuple(args.extra_arg), env=dict(e.split("=", 1) for e in args.env),
+                        startup_timeout_s=1800.0)  # fmt: skip
     load_before = os.getloadavg()
     engine = VllmEngine(config)
     t0 = time.perf_counter()
@@ -136,6 +139,7 @@ async def main() -> None:
         "kv_cache_gib": config.kv_cache_gib,
         "max_model_len": config.max_model_len,
         "extra_args": list(config.extra_args),
+        "env": dict(config.env),
         "requests_c1": args.requests,
         "requests_c8": 8 * max(1, args.requests // 2),
     }

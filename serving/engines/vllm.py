@@ -145,8 +145,9 @@ class VllmConfig:
     lossy kernels on it (SmolLM2 stopped answering "Paris")."""
     enforce_eager: bool = True
     """Skip torch.compile: it makes start-up take 10 minutes on 2 busy cores, for little gain on a 135M model."""
-    kv_cache_gib: float = 1.0
-    """``VLLM_CPU_KVCACHE_SPACE``: GiB of RAM for the KV cache (1 GiB = 23k tokens of SmolLM2 in float32)."""
+    kv_cache_gib: int = 1
+    """``VLLM_CPU_KVCACHE_SPACE`` (whole GiB, as vLLM parses it): RAM for the KV cache (1 GiB = 23k tokens
+    of SmolLM2 in float32)."""
     extra_args: tuple[str, ...] = ()
     """More ``api_server`` flags, passed as they are (e.g. ``("--max-num-seqs", "16")``)."""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -315,6 +316,8 @@ def _kill_group(pgid: int, proc: subprocess.Popen[bytes] | None, grace_s: float)
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
         try:
             os.killpg(pgid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(pgid, signal.SIGCONT)  # NOTE: a stopped (hung) process acts on SIGTERM only once continued
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + wait_s
@@ -512,7 +515,7 @@ class VllmEngine(Engine):
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
-            "VLLM_CPU_KVCACHE_SPACE": f"{self.config.kv_cache_gib:g}",
+            "VLLM_CPU_KVCACHE_SPACE": str(int(self.config.kv_cache_gib)),
             "VLLM_CACHE_ROOT": str(cache),
             **self.config.env,
         }
@@ -585,8 +588,8 @@ class VllmEngine(Engine):
         next_probe = time.monotonic() + self.config.health_interval_s
         while not self._stop.wait(min(1.0, self.config.health_interval_s)):
             proc = self._proc
-            if proc is None:
-                return
+            if proc is None or self._state == "failed":
+                return  # NOTE: gave up; a new start() starts a new supervisor
             code = proc.poll()
             if code is not None:
                 self._restart(f"vLLM exited with {_exit_text(code)}")

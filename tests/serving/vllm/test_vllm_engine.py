@@ -56,9 +56,11 @@ def loop() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="module")
 def engine(loop: LoopThread) -> Iterator[VllmEngine]:
-    # NOTE: a short health interval so the restart test does not wait long;
-    # the generous start-up timeout is for a 2-core machine shared with others.
-    e = VllmEngine(VllmConfig(health_interval_s=2.0, restart_backoff_s=0.5, startup_timeout_s=1500.0))
+    # NOTE: short health intervals and probe timeouts so the restart tests do not
+    # wait long; the generous start-up timeout is for a 2-core machine shared with others.
+    config = VllmConfig(health_interval_s=2.0, probe_timeout_s=15.0, failures_before_restart=2,
+                        restart_backoff_s=0.5, term_grace_s=10.0, startup_timeout_s=1500.0)  # fmt: skip
+    e = VllmEngine(config)
     try:
         loop.run(e.start(), timeout=1600)
         yield e
@@ -182,9 +184,29 @@ def test_supervisor_restarts_vllm_after_sigkill(engine: VllmEngine, loop: LoopTh
     assert "nodeai_vllm_restarts_total 1" in loop.run(engine.metrics_text())
 
 
-def test_close_stops_every_process(engine: VllmEngine, loop: LoopThread) -> None:
+def test_supervisor_restarts_a_hung_vllm(engine: VllmEngine, loop: LoopThread) -> None:
+    hung = engine.pid
+    assert hung is not None
+    # A stopped API server still accepts connections (the kernel queues them) but never answers.
+    os.kill(hung, signal.SIGSTOP)
+    deadline = time.monotonic() + 180
+    while engine.restarts < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine.restarts == 2, loop.run(engine.health())
+    health = loop.run(engine.health())
+    assert not health.ok and "vLLM hung: 2 health probes failed" in health.detail
+    assert process_group_members(hung) == []  # the stopped group was killed
+    with pytest.raises(EngineUnavailable, match="restarting after: vLLM hung"):
+        loop.run(engine.complete(prompt("Hi", max_tokens=1)))
+    # NOTE: the new vLLM is starting now; the next test closes the engine in the middle of it.
+
+
+def test_close_stops_every_process_even_mid_restart(engine: VllmEngine, loop: LoopThread) -> None:
+    deadline = time.monotonic() + 60
+    while engine.pid is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     pgid = engine.pid
-    assert pgid is not None and len(process_group_members(pgid)) >= 2  # API server, engine core, worker
+    assert pgid is not None and process_group_members(pgid)
     loop.run(engine.close(), timeout=180)
     assert process_group_members(pgid) == []
     assert engine.state == "closed" and not loop.run(engine.health()).ok
