@@ -196,9 +196,10 @@ def test_prompt_cache_reuses_a_slots_prefix_and_changes_no_answer(engine: LlamaC
     plain.start_sync()
     try:
         requests = [chat(q, max_tokens=12) for q in ("Name a fruit.", "Name a vegetable.", "Name a fruit.")]
+        run(engine, chat("Hello!", max_tokens=2))  # now at least one slot holds the system turn
         before = engine.stats.prompt_tokens_reused
         cached = [run(engine, r) for r in requests]
-        # Every slot already holds the template's system turn (> 20 tokens).
+        # Each request found the template's system turn (> 20 tokens) in a slot.
         assert engine.stats.prompt_tokens_reused - before >= 3 * 20
         assert cached == [run(plain, r) for r in requests]
         assert plain.stats.prompt_tokens_reused == 0
@@ -228,6 +229,50 @@ def test_json_schema_constrains_the_output(engine: LlamaCppEngine):
         assert isinstance(json.loads(any_object.text), dict)
     else:
         assert any_object.text.lstrip().startswith("{")
+
+
+def test_json_schema_with_temperature_sampling(engine: LlamaCppEngine):
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green"]}}, "required": ["colour"]}
+    for seed in range(3):
+        result = run(engine, chat("Pick a colour. Answer in JSON.", max_tokens=30, temperature=1.0, seed=seed, json_schema=schema))
+        assert json.loads(result.text)["colour"] in ("red", "green")
+
+
+def test_more_requests_than_slots_wait_their_turn():
+    e = LlamaCppEngine(LlamaCppConfig(n_ctx=256, n_seq_max=2, n_batch=64))
+    e.start_sync()
+    try:
+        requests = [prompt(f"Count from {i}:", max_tokens=6 + i) for i in range(5)]
+
+        async def together() -> list[Completion]:
+            return await asyncio.gather(*(e.complete(r) for r in requests))
+
+        concurrent = asyncio.run(together())
+        assert e.stats.max_sequences_in_step == 2
+        assert concurrent == [run(e, r) for r in requests]
+    finally:
+        e.close_sync()
+
+
+def test_unified_cache_reserves_cells_and_serves_everyone():
+    # 160 cells shared: each request reserves prompt + max_tokens (> 53), so at
+    # most two run at once although there are four slots.
+    e = LlamaCppEngine(LlamaCppConfig(n_ctx=160, n_seq_max=4, n_batch=64, kv_unified=True))
+    e.start_sync()
+    try:
+        requests = [prompt(f"List of numbers starting at {i}:", max_tokens=50) for i in range(5)]
+        assert all(e.count_tokens(MODEL, r) + 50 > 160 // 3 for r in requests)
+
+        async def together() -> list[Completion]:
+            return await asyncio.gather(*(e.complete(r) for r in requests))
+
+        results = asyncio.run(together())
+        assert e.stats.max_sequences_in_step == 2
+        assert e.stats.prompt_tokens_reused == 0
+        for r in results:
+            assert r.usage.completion_tokens == 50 or r.finish_reason == "stop"
+    finally:
+        e.close_sync()
 
 
 def test_prompt_longer_than_the_context_is_refused(engine: LlamaCppEngine):
