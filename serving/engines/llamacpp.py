@@ -1,22 +1,29 @@
 """Text generation on the CPU with llama.cpp, continuously batched.
 
-One llama.cpp context with `n_seq_max` sequence slots and a unified KV cache
-is driven by one dedicated worker thread. Every step of the worker builds one
-``llama_batch`` holding the next token of every running sequence plus a chunk
-of the prompt of sequences that are still prefilling, runs one
-``llama_decode`` over it, and samples each sequence that produced logits with
-its own sampler chain (temperature, top-p, seed, optional grammar). A new
-request therefore joins the very next step instead of queueing behind the
-requests already running; a finished sequence's KV cells are dropped at once
-and its slot reused.
+One llama.cpp context with `n_seq_max` sequence slots is driven by one
+dedicated worker thread. Every step of the worker builds one ``llama_batch``
+holding the next token of every running sequence plus a chunk of the prompt
+of sequences still prefilling, runs one ``llama_decode`` over it, and samples
+each sequence that produced logits with its own sampler (temperature, top-p,
+seed, optional JSON-schema grammar). A new request therefore joins the very
+next step instead of queueing behind the requests already running, and a
+finished sequence frees its slot at once.
 
-Pure logic (stop strings, admission, prefill budget) lives in small
-functions and classes at the top and is tested with hypothesis; the ctypes
-calls are confined to `_Model` and the worker.
+By default every slot has its own KV stream (`LlamaCppConfig.kv_unified`
+says why): with flash attention a greedy answer is then bit-identical
+whether it ran alone or in any batch, and a slot keeps its last tokens so the
+next request sharing a prefix (a chat template's system turn) prefills only
+the rest. A unified cache shared by all sequences is available too; there a
+request reserves its cells (prompt + max_tokens) before it starts.
+
+Pure logic (stop strings, admission, prefill budget, slot choice) lives in
+small functions at the top and is tested with hypothesis; ctypes calls are
+confined to `_Model`, `_Sampler`, `_ThreadPools` and the worker.
 
 Token accounting: ``prompt_tokens`` are the tokens fed to the model (chat
-template applied); ``completion_tokens`` are the tokens sampled, including an
-end-of-generation token and the token that completed a stop string, like vLLM.
+template applied, reused cache included); ``completion_tokens`` are the tokens
+sampled, including an end-of-generation token and the token that completed a
+stop string, as vLLM counts them.
 
 asyncio callers get deltas through `loop.call_soon_threadsafe`; synchronous
 callers (the agent runtime in a thread) can use `complete_sync`.
@@ -176,7 +183,6 @@ class StopScanner:
     could still grow into a stop string. Once a stop string is complete the
     scanner returns the text before it and reports the stop; `flush` releases
     the held tail when generation ends for another reason."""
-
 
     __slots__ = ("stops", "_held", "stopped")
 
