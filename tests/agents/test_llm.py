@@ -122,5 +122,6 @@ def test_openai_client_through_the_real_gateway(engine: LlamaCppEngine, chain: C
             refused = AgentRuntime(tmp_path / "other.db", model=bad_key, rpc_urls={CHAIN_ID: chain.url}).run(spec, "hello")
             assert refused.status == "failed" and refused.reason.startswith("model unavailable after 1 attempt(s)")
             assert "HTTP 401" in refused.reason
+            bad_key.close()
         finally:
             client.close()
