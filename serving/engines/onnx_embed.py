@@ -6,9 +6,9 @@ state mean-pooled over the attention mask, then L2-normalised, so a dot
 product of two vectors is their cosine.
 
 Concurrent `embed` calls are micro-batched: one worker thread owns the ONNX
-session; when it is idle, the first request opens a short collection window
-(`OnnxEmbeddingConfig.batch_window_s`), and every request that arrives while a
-batch runs joins the next one. A collected batch is sorted by length and cut
+session; every request that arrives while a batch runs joins the next one,
+and after a round with several requests the first new one opens a short
+collection window (`OnnxEmbeddingConfig.batch_window_s`) for the others. A collected batch is sorted by length and cut
 into sub-batches (`plan_batches`) so short texts are not padded to the longest
 one of another request.
 """
@@ -56,7 +56,8 @@ class OnnxEmbeddingConfig:
     intra_op_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     """ONNX Runtime threads per operator; one per core."""
     batch_window_s: float = 0.002
-    """How long an idle worker waits for more requests after the first one."""
+    """How long the worker waits for more requests after the first one (only
+    when its last round served several)."""
     max_batch_inputs: int = 64
     """Most inputs collected into one round of the worker."""
     max_padded_tokens: int = 4096
@@ -137,6 +138,7 @@ class OnnxEmbeddingEngine(Engine):
         self._input_names: frozenset[str] = frozenset()
         self._closed = False
         self._failure: str | None = None
+        self._last_round = 2  # requests in the worker's last round (start by waiting)
         self.batches_run = 0
         """ONNX runs so far (tests and metrics read it to see batching happen)."""
         self.inputs_embedded = 0
@@ -275,6 +277,7 @@ class OnnxEmbeddingEngine(Engine):
                     return
                 jobs: list[_Job] = [first]  # type: ignore[list-item]
                 stop = self._collect(jobs)
+                self._last_round = len(jobs)
                 self._run(jobs)
                 if stop:
                     return
@@ -284,8 +287,13 @@ class OnnxEmbeddingEngine(Engine):
             self._fail_queued(self._failure)
 
     def _collect(self, jobs: list[_Job]) -> bool:
-        """Add the requests that arrive within the window; True when asked to stop."""
-        deadline = time.monotonic() + self.config.batch_window_s
+        """Add the requests already queued, and those that arrive within the
+        window when the last round had company; True when asked to stop."""
+        # NOTE: a lone caller (the last round had one request) is not made to
+        # wait for company that is not coming; under concurrency the window
+        # gathers the callers that the last batch's answers just released.
+        window = self.config.batch_window_s if self._last_round > 1 else 0.0
+        deadline = time.monotonic() + window
         n_inputs = len(jobs[0].texts)
         while n_inputs < self.config.max_batch_inputs:
             timeout = deadline - time.monotonic()
