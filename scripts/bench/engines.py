@@ -121,7 +121,7 @@ async def main() -> None:
     parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="on")
     parser.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
     parser.add_argument("--no-prompt-cache", action="store_true")
-    parser.add_argument("--thread-priority", type=int, default=LlamaCppConfig.thread_priority)
+    parser.add_argument("--thread-priority", type=int, default=LlamaCppConfig().thread_priority)
     parser.add_argument("--skip-embeddings", action="store_true")
     args = parser.parse_args()
 
