@@ -9,9 +9,14 @@ concurrency 1 the p50 latency, at concurrency 8 the requests per second
 Embeddings: all-MiniLM-L6-v2 through `OnnxEmbeddingEngine`, one sentence per
 request, same two concurrency levels.
 
+The 8 questions repeat, so with the engine's prompt cache (on by default,
+like vLLM's automatic prefix caching) a request often finds most of its
+prompt, and always the chat template's system turn, already in its slot;
+`--no-prompt-cache` measures full prefills.
+
 Targets (issue 4): gen p50 <= 250 ms at c1, gen >= 8.7 requests/s at c8
 (vLLM-CPU on this machine). Timings on a shared 2-core machine are noisy:
-compare runs, not single numbers.
+compare runs, not single numbers; the JSON carries the 1-minute load average.
 
 Last line: one JSON object: gen_p50_ms_c1, gen_rps_c8, gen_p50_ms_c8,
 emb_p50_ms_c1, emb_rps_c8, emb_p50_ms_c8 and the settings used.
