@@ -27,7 +27,8 @@ M = TypeVar("M", bound=BaseModel)
 _DRAIN_FACTOR = 8
 
 
-def get_service(request: Request) -> GatewayService:
+async def get_service(request: Request) -> GatewayService:
+    # NOTE: async on purpose: FastAPI runs a sync dependency in its thread pool, a thread hop per request.
     return request.app.state.gateway
 
 
