@@ -29,7 +29,14 @@ from ..eth_fast import checksum
 from ..errors import PaymentRequired, Unauthorized, Unavailable
 from ..ledger import Ledger, Reservation
 from ..limits import RateLimiter
-from ..payments import VOUCHER_HEADER, decode_voucher_header, max_price, recover_address, voucher_digest_fast
+from ..payments import (
+    VOUCHER_HEADER,
+    SignedVoucher,
+    decode_voucher_header,
+    max_price,
+    recover_address,
+    voucher_digest_fast,
+)
 
 __all__ = ["AuthMode", "Payer", "Charge", "Authorizer"]
 
@@ -114,7 +121,7 @@ class Authorizer:
         return Charge(payer, resolved_id, price, reservation)
 
     # -- vouchers -------------------------------------------------------------------------------
-    def verify_voucher(self, header: str):
+    def verify_voucher(self, header: str) -> SignedVoucher:
         """Decode and check signature, chain, contract and provider; returns the SignedVoucher."""
         assert self.chain is not None
         signed = decode_voucher_header(header)
