@@ -111,10 +111,17 @@ class LlamaCppConfig:
     """Busy-wait level of idle compute threads between two decodes (0: sleep,
     100: spin), on a thread pool kept for the engine's lifetime. None: ggml's
     default pool (spins at 50, new threads per graph)."""
-    thread_priority: int = 2
+    thread_priority: int = 0
     """ggml_sched_priority of the compute threads (the worker included): 0
-    normal, 1 medium (nice -5), 2 high (nice -10); without the privilege to
-    lower niceness ggml keeps them at normal.
+    normal, 1 medium (nice -5), 2 high, 3 realtime. As root on Linux, ggml
+    makes "high" SCHED_FIFO at priority 80 (checked with `chrt -p`), and the
+    policy reaches every thread and child process created afterwards.
+
+    # NOTE: the default is normal priority. A SCHED_FIFO thread that
+    # busy-waits starves every normal process on the core: with several
+    # engines loaded (a test run, a benchmark, vLLM) the load average of this
+    # 2-core machine went to 80 and other processes stalled. Raise it only on a
+    # dedicated serving machine (the benchmark's --priority flag).
 
     # NOTE: ggml's threads meet at a spinning barrier after every operation
     # (hundreds per decode). When another process takes one of the two cores,
