@@ -17,6 +17,9 @@ os.environ["APE_DATA_FOLDER"] = os.path.join(_HERMETIC_HOME, "ape")
 os.environ["VVM_BINARY_PATH"] = os.path.join(_HERMETIC_HOME, "vvm")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_HERMETIC_HOME, "cache")
 os.environ["FOUNDRY_DIR"] = os.path.join(_HERMETIC_HOME, "foundry")
+# NOTE: two test workers share two cores; an engine with two spinning ggml
+# threads per worker would wait on its partner thread (see LlamaCppConfig).
+os.environ.setdefault("NODEAI_LLAMA_THREADS", "1")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

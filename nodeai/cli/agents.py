@@ -93,7 +93,7 @@ def build_spec(obj: CliContext, name: str, tools: str, budget_units: int | None,
             base["name"] = name
         else:
             tool_list = [t for t in (x.strip() for x in tools.split(",")) if t]
-            base = spec_template(name, tools=tool_list, budget=budget_units or 0, model=gateway_model,
+            base = spec_template(name, tools=tool_list, budget=budget_units, model=gateway_model,
                                  chain_id=obj.deployment.chain_id, system_prompt=system or "").model_dump(mode="json")  # fmt: skip
         base["base_model_id"] = model_id
         if gateway_model:

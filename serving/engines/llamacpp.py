@@ -100,8 +100,13 @@ class LlamaCppConfig:
     """Sequences decoded together; more requests wait for a free slot."""
     n_batch: int = 512
     """Most tokens in one `llama_decode` (running sequences' tokens + prefill chunks)."""
-    n_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Threads for small (decode) batches: one per core."""
+    n_threads: int = field(default_factory=lambda: int(os.environ.get("NODEAI_LLAMA_THREADS") or os.cpu_count() or 1))
+    """Threads for small (decode) batches: one per core, or $NODEAI_LLAMA_THREADS.
+
+    # NOTE: ggml's threads wait for each other at a spinning barrier, so when
+    # other processes share the cores (the test suite's two workers on a
+    # 2-core machine) one thread per engine is much faster than two; the test
+    # suite sets NODEAI_LLAMA_THREADS=1."""
     n_threads_batch: int | None = None
     """Threads for large (prefill) batches; None: as n_threads."""
     flash_attn: bool | None = True
