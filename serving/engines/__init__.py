@@ -3,7 +3,8 @@
 `base` defines the interface; the embedded CPU engines are `LlamaCppEngine`
 (generation, llama.cpp with continuous batching) and `OnnxEmbeddingEngine`
 (embeddings, ONNX Runtime with micro-batching); `embedded_cpu_engine()`
-serves both from one object. Native libraries (llama.cpp, ONNX Runtime) load
+serves both from one object. `VllmEngine` launches and supervises a vLLM
+server from its own environment (`make setup-vllm`). Native libraries (llama.cpp, ONNX Runtime) load
 only when an engine starts, so importing this package is cheap.
 """
 
@@ -22,6 +23,7 @@ from .base import (
 from .embedded import CompositeEngine, embedded_cpu_engine
 from .llamacpp import LlamaCppConfig, LlamaCppEngine
 from .onnx_embed import OnnxEmbeddingConfig, OnnxEmbeddingEngine
+from .vllm import VllmConfig, VllmEngine
 
 __all__ = [
     "ChatMessage",
@@ -39,5 +41,7 @@ __all__ = [
     "OnnxEmbeddingEngine",
     "SamplingParams",
     "Usage",
+    "VllmConfig",
+    "VllmEngine",
     "embedded_cpu_engine",
 ]
