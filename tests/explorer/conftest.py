@@ -143,7 +143,7 @@ def _seed(market: Marketplace, w3: Web3, deployment: Deployment, gateway_url: st
     )  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
     """anvil + deployed suite + activity + the indexer process serving the explorer."""
     tmp = tmp_path_factory.mktemp("explorer")
@@ -183,7 +183,11 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
 
 
 # -- the browser -------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+# NOTE: module scope, not session: Playwright's sync API keeps an event loop
+# running in the main thread while it is open, and every later test in the
+# same worker that calls asyncio.run() would fail ("cannot be called from a
+# running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
