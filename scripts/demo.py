@@ -467,7 +467,7 @@ def step_inference(d: Demo) -> None:
 
 
 def wait_for_inference_settlement(d: Demo) -> None:
-    """The daemon's settlement pass: one redeemBatch for the vouchers, one root for the receipts."""
+    """The daemon's settlement passes: redeemBatch for the vouchers, Merkle roots for the receipts."""
     consumer = d.market.address("requester")
     escrow, registry = d.market.escrow, d.market.receipts
 

