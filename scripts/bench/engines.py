@@ -30,9 +30,7 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -47,6 +45,7 @@ from nodeai.serving.engines import (  # noqa: E402
     OnnxEmbeddingEngine,
     SamplingParams,
 )
+from loadgen import closed_loop  # noqa: E402 - scripts/bench/ is on sys.path when run
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -64,21 +63,6 @@ SENTENCES = [
     "A provider serves models and is paid through an on-chain escrow.",
     "The quick brown fox jumps over the lazy dog.",
 ]
-
-
-async def closed_loop(call: Callable[[int], Awaitable[None]], concurrency: int, per_client: int) -> tuple[list[float], float]:
-    """Latencies (s) of every request and the wall time of the whole run."""
-    latencies: list[float] = []
-
-    async def client(c: int) -> None:
-        for i in range(per_client):
-            t0 = time.perf_counter()
-            await call(c * per_client + i)
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in range(concurrency)))
-    return latencies, time.perf_counter() - t0
 
 
 async def bench_gen(engine: LlamaCppEngine, requests: int) -> dict[str, float]:

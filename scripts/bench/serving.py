@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from loadgen import closed_loop  # noqa: E402 - scripts/bench/ is on sys.path when run
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -67,21 +67,6 @@ SENTENCES = [
 ]
 LLM, EMBEDDER = "smollm2-135m-instruct", "all-minilm-l6-v2"
 GEN_TOKENS = 16
-
-
-async def closed_loop(call: Callable[[int], Awaitable[None]], concurrency: int, per_client: int) -> tuple[list[float], float]:
-    """Latencies (s) of every request and the wall time of the whole run."""
-    latencies: list[float] = []
-
-    async def client(c: int) -> None:
-        for i in range(per_client):
-            t0 = time.perf_counter()
-            await call(c * per_client + i)
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in range(concurrency)))
-    return latencies, time.perf_counter() - t0
 
 
 async def measure(gen: Callable[[int], Awaitable[None]], emb: Callable[[int], Awaitable[None]],

@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from nodeai.serving.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from nodeai.serving.engines.vllm import VllmConfig, VllmEngine, process_group_members  # noqa: E402
+from loadgen import closed_loop  # noqa: E402 - scripts/bench/ is on sys.path when run
 
 PROMPTS = [
     "Once upon a time, in a small village by the sea,",
@@ -62,23 +62,6 @@ def group_memory_mib(pgid: int) -> tuple[float, float]:
         except OSError:
             continue
     return round(rss / 1024, 1), round(pss / 1024, 1)
-
-
-async def closed_loop(
-    call: Callable[[int], Awaitable[None]], concurrency: int, per_client: int
-) -> tuple[list[float], float]:
-    """Latencies (s) of every request and the wall time of the whole run."""
-    latencies: list[float] = []
-
-    async def client(c: int) -> None:
-        for i in range(per_client):
-            t0 = time.perf_counter()
-            await call(c * per_client + i)
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in range(concurrency)))
-    return latencies, time.perf_counter() - t0
 
 
 async def bench(engine: VllmEngine, requests: int) -> dict[str, float]:
