@@ -17,6 +17,12 @@ for what they would only touch per request: a store factory that is never
 called, an engine that serves nothing, an in-memory gateway store and a
 throwaway key. ``tests/docs/test_docs.py`` runs the export and compares it
 with the committed files, so the docs cannot drift from the code.
+
+Each document is made self-contained before it is written: a request schema
+that a route declares itself (``openapi_extra``, from pydantic's
+``model_json_schema``) carries its sub-models in a local ``$defs`` while
+referring to them as ``#/components/schemas/Name``; those ``$defs`` are moved
+into ``components.schemas``, and every ``$ref`` is checked to resolve.
 """
 
 from __future__ import annotations
@@ -86,6 +92,77 @@ def gateway_schema() -> dict[str, Any]:
     return app.openapi()
 
 
+def hoist_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Move every nested ``$defs`` into ``components.schemas`` (where their ``$ref``s point); returns ``schema``.
+
+    A name defined twice must mean the same schema both times, or the export fails.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for name, definition in (node.pop("$defs", None) or {}).items():
+                walk(definition, f"{where}/$defs/{name}")
+                if name in components and components[name] != definition:
+                    raise ValueError(f"{where} defines the schema {name!r} differently from components.schemas")
+                components[name] = definition
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}/{index}")
+
+    walk(schema.get("paths", {}), "#/paths")
+    return schema
+
+
+def resolve_pointer(document: Any, ref: str) -> Any:
+    """The value a local JSON reference (``#/a/b~1c``) names in ``document``; ``KeyError`` if none."""
+    if not ref.startswith("#"):
+        raise KeyError(f"{ref} is not a local reference")
+    node = document
+    for token in ref[1:].split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        elif isinstance(node, dict) and token in node:
+            node = node[token]
+        else:
+            raise KeyError(ref)
+    return node
+
+
+def dangling_refs(document: Any) -> list[str]:
+    """Every ``$ref`` in ``document`` that does not resolve inside it."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolve_pointer(document, ref)
+                except KeyError:
+                    found.append(ref)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document)
+    return sorted(set(found))
+
+
+def self_contained(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """``schema`` with its nested ``$defs`` hoisted; ``ValueError`` naming any ``$ref`` that still dangles."""
+    hoist_defs(schema)
+    dangling = dangling_refs(schema)
+    if dangling:
+        raise ValueError(f"the {name} OpenAPI document refers to schemas it does not define: {', '.join(dangling)}")
+    return schema
+
+
 def render(schema: dict[str, Any]) -> str:
     """The committed form: sorted keys, two-space indent, one trailing newline (stable diffs)."""
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -93,7 +170,8 @@ def render(schema: dict[str, Any]) -> str:
 
 def exports() -> dict[str, str]:
     """File name -> content of every exported document."""
-    return {"indexer.json": render(indexer_schema()), "gateway.json": render(gateway_schema())}
+    return {"indexer.json": render(self_contained(indexer_schema(), "indexer")),
+            "gateway.json": render(self_contained(gateway_schema(), "gateway"))}
 
 
 def main(argv: list[str] | None = None) -> int:
