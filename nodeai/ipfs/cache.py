@@ -98,12 +98,7 @@ class CachedStore(ArtifactStore):
             # unverified ever enters the cache.
             verify_cid(data, cid)
             if len(data) <= self.max_bytes:
-                tmp = self.cache_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-                try:
-                    tmp.write_bytes(data)
-                    self._insert(cid, tmp, len(data))
-                finally:
-                    remove_path(tmp)
+                self._insert_bytes(cid, data)
             return data
 
     def fetch_file(self, cid: str, dest: Path, *, timeout: float = 120.0,
@@ -160,12 +155,7 @@ class CachedStore(ArtifactStore):
         cid = self.inner.add_bytes(data, pin=pin)
         if len(data) <= self.max_bytes:
             with self._claim(cid):
-                tmp = self.cache_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-                try:
-                    tmp.write_bytes(data)
-                    self._insert(cid, tmp, len(data))
-                finally:
-                    remove_path(tmp)
+                self._insert_bytes(cid, data)
         return cid
 
     def add_file(self, path: Path, *, progress: Progress | None = None) -> str:
@@ -219,6 +209,14 @@ class CachedStore(ArtifactStore):
             self._entries[cid] = size
             self._entries.move_to_end(cid)
             self._evict(keep=cid)
+
+    def _insert_bytes(self, cid: str, data: bytes) -> None:
+        tmp = self.cache_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            tmp.write_bytes(data)
+            self._insert(cid, tmp, len(data))
+        finally:
+            remove_path(tmp)
 
     def _evict(self, keep: str | None) -> None:
         """Drop least recently used entries until the cache fits (caller holds the lock)."""

@@ -36,11 +36,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from nodeai.ipfs.cid import cid_v0, compute_cid, file_dag, parse_cid, verify_cid, verify_file_cid
+from nodeai.ipfs.cid import cid_v0, compute_cid, file_dag, parse_cid, verify_cid
 from nodeai.ipfs.errors import ArtifactNotFoundError, CidMismatchError, IpfsError, StoreClosedError
 from nodeai.ipfs.flatfs import DagProgress, Flatfs, dag_complete, leaves_present
-from nodeai.ipfs.store import (ArtifactStore, Progress, check_source_file, check_timeout, move_or_copy,
-                               partial_path, remove_path)
+from nodeai.ipfs.store import (ArtifactStore, Progress, check_source_file, check_timeout, fetch_verified,
+                               move_or_copy, remove_path)
 from nodeai.ipfs.unixfs import RAW, DagFormatError
 
 _POLL_S = 0.05
@@ -347,18 +347,9 @@ class EmbeddedKuboStore(ArtifactStore):
 
     def fetch_file(self, cid: str, dest: Path, *, timeout: float = 120.0,
                    progress: Progress | None = None) -> Path:
-        parsed = parse_cid(cid)
-        timeout = check_timeout(timeout)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(dest)
-        try:
-            self._fetch(cid, parsed.codec.code == RAW, tmp, timeout, progress)
-            verify_file_cid(tmp, cid, source=f"the content fetched for {cid}")
-            tmp.replace(dest)
-        finally:
-            remove_path(tmp)
-        return dest
+        return fetch_verified(cid, dest, timeout,
+                              lambda tmp, raw_root, timeout: self._fetch(cid, raw_root, tmp, timeout, progress),
+                              source=f"the content fetched for {cid}")
 
     def has(self, cid: str) -> bool:
         parsed = parse_cid(cid)

@@ -23,10 +23,10 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from nodeai.ipfs.cid import compute_cid, compute_file_cid, parse_cid, verify_cid, verify_file_cid
+from nodeai.ipfs.cid import compute_cid, compute_file_cid, parse_cid, verify_cid
 from nodeai.ipfs.errors import ArtifactNotFoundError, CidMismatchError, IpfsError, StoreClosedError
-from nodeai.ipfs.store import ArtifactStore, Progress, check_source_file, check_timeout, partial_path, remove_path
-from nodeai.ipfs.unixfs import CHUNK_SIZE, RAW, DagFormatError, decode_node
+from nodeai.ipfs.store import ArtifactStore, Progress, check_source_file, check_timeout, fetch_verified
+from nodeai.ipfs.unixfs import CHUNK_SIZE, DagFormatError, decode_node
 
 _ADD_PARAMS = {
     # NOTE: kubo's defaults, spelled out: a daemon configured for CIDv1/raw
@@ -170,27 +170,20 @@ class KuboRpcStore(ArtifactStore):
 
     def fetch_file(self, cid: str, dest: Path, *, timeout: float = 120.0,
                    progress: Progress | None = None) -> Path:
-        parsed = parse_cid(cid)
-        timeout = check_timeout(timeout)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(dest)
-        done = 0
-        try:
-            total = self._size(cid, parsed.codec.code == RAW, timeout) if progress is not None else 0
-            with tmp.open("wb") as out, self._stream("cat", {"arg": cid}, timeout) as response:
-                for piece in response.iter_bytes(_STREAM_PIECE):
-                    out.write(piece)
-                    done += len(piece)
-                    if progress is not None:
-                        progress(done, max(total, done))
-            verify_file_cid(tmp, cid, source=f"the content {self.api_url} served for {cid}")
-            tmp.replace(dest)
-        except httpx.TimeoutException as exc:
-            raise ArtifactNotFoundError(cid, timeout, f"{done} bytes arrived") from exc
-        finally:
-            remove_path(tmp)
-        return dest
+        def cat(tmp: Path, raw_root: bool, timeout: float) -> None:
+            done = 0
+            try:
+                total = self._size(cid, raw_root, timeout) if progress is not None else 0
+                with tmp.open("wb") as out, self._stream("cat", {"arg": cid}, timeout) as response:
+                    for piece in response.iter_bytes(_STREAM_PIECE):
+                        out.write(piece)
+                        done += len(piece)
+                        if progress is not None:
+                            progress(done, max(total, done))
+            except httpx.TimeoutException as exc:
+                raise ArtifactNotFoundError(cid, timeout, f"{done} bytes arrived") from exc
+
+        return fetch_verified(cid, dest, timeout, cat, source=f"the content {self.api_url} served for {cid}")
 
     def _size(self, cid: str, raw: bool, timeout: float) -> int:
         """File size from the root block (fetched anyway by the cat that follows)."""

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from nodeai.ipfs.cid import parse_cid, verify_file_cid
+from nodeai.ipfs.unixfs import RAW
+
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``, called from the calling thread."""
 
@@ -67,6 +70,29 @@ def check_timeout(timeout: float) -> float:
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+def fetch_verified(cid: str, dest: Path, timeout: float, write: Callable[[Path, bool, float], None], *,
+                   source: str) -> Path:
+    """The part of ``fetch_file`` every backend shares: check ``cid`` and ``timeout``, have
+    ``write(tmp, raw_root, timeout)`` put the content in a partial file beside ``dest``, verify
+    it against ``cid`` (``source`` says where it came from) and rename it to ``dest``.
+
+    ``raw_root`` tells whether ``cid`` is of the ``raw`` codec (a single block). The partial
+    file is removed whatever happens; returns ``dest``.
+    """
+    parsed = parse_cid(cid)
+    timeout = check_timeout(timeout)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(dest)
+    try:
+        write(tmp, parsed.codec.code == RAW, timeout)
+        verify_file_cid(tmp, cid, source=source)
+        tmp.replace(dest)
+    finally:
+        remove_path(tmp)
+    return dest
 
 
 def partial_path(dest: Path) -> Path:
