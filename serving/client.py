@@ -221,8 +221,21 @@ class _HttpxAsyncSniff(_AsyncSniff, httpx.AsyncByteStream):
     pass
 
 
+class _ReadBody:
+    """What ``_VoucherAuthFlows._flow`` yields when it needs a response's body read before it goes on."""
+
+    def __init__(self, response: Any):
+        self.response = response
+
+
 class _VoucherAuthFlows:
-    """The auth flows, written once for httpx and httpx2 (same Auth protocol)."""
+    """The auth flows, written once for httpx and httpx2 (same Auth protocol), sync and async.
+
+    ``_flow`` is the whole flow: it yields the requests to send (and gets their
+    responses back) and, for a 402, a ``_ReadBody`` for the driver to read the
+    body with ``read`` or ``aread``. ``sync_auth_flow`` and ``async_auth_flow``
+    only drive it.
+    """
 
     requires_request_body = True
     requires_response_body = False
@@ -234,27 +247,37 @@ class _VoucherAuthFlows:
 
     def sync_auth_flow(self, request: Any):  # type: ignore[override]
         request.read()
-        model_id = self.wallet._model_of(request.content)
-        if model_id is None:
-            yield request
-            return
-        request.headers[VOUCHER_HEADER] = self.wallet.begin(model_id)
+        flow = self._flow(request, sync=True)
         try:
-            response = yield request
-            amount = None
-            if response.status_code == 402:
-                response.read()
-                amount = self.wallet._retry_amount(model_id, 402, response.content)
-            if amount is not None:
-                request.headers[VOUCHER_HEADER] = self.wallet.sign(model_id, amount)
-                response = yield request
-        except BaseException:
-            self.wallet.end(model_id)
-            raise
-        self._finish(response, model_id, sync=True)
+            step = next(flow)
+            while True:
+                if isinstance(step, _ReadBody):
+                    step.response.read()
+                    step = next(flow)
+                else:
+                    step = flow.send((yield step))
+        except StopIteration:
+            return
+        finally:
+            flow.close()
 
     async def async_auth_flow(self, request: Any):  # type: ignore[override]
         await request.aread()
+        flow = self._flow(request, sync=False)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, _ReadBody):
+                    await step.response.aread()
+                    step = next(flow)
+                else:
+                    step = flow.send((yield step))
+        except StopIteration:
+            return
+        finally:
+            flow.close()
+
+    def _flow(self, request: Any, sync: bool):
         model_id = self.wallet._model_of(request.content)
         if model_id is None:
             yield request
@@ -264,7 +287,7 @@ class _VoucherAuthFlows:
             response = yield request
             amount = None
             if response.status_code == 402:
-                await response.aread()
+                yield _ReadBody(response)
                 amount = self.wallet._retry_amount(model_id, 402, response.content)
             if amount is not None:
                 request.headers[VOUCHER_HEADER] = self.wallet.sign(model_id, amount)
@@ -272,7 +295,7 @@ class _VoucherAuthFlows:
         except BaseException:
             self.wallet.end(model_id)
             raise
-        self._finish(response, model_id, sync=False)
+        self._finish(response, model_id, sync)
 
     def _finish(self, response: Any, model_id: int, sync: bool) -> None:
         self.wallet._after(model_id, response.headers)
