@@ -56,6 +56,7 @@ from nodeai.chain.marketplace import raw_cid  # noqa: E402
 from eth_abi import decode as abi_decode  # noqa: E402
 
 from nodeai.indexer.codec import LogCodec  # noqa: E402
+from loadgen import percentile, stop_process  # noqa: E402 - scripts/bench/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parents[2]
 PUMP_SOURCE = Path(__file__).resolve().parent / "EventPump.vy"
@@ -252,16 +253,6 @@ def process_start_s(repeats: int = 3) -> float:
     return best
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def backfill(command: list[str], probe, chain_id: int, head: int, expected: int, log_path: Path,
              timeout: float = 300.0) -> tuple[float, float, int]:
     """Seconds from the CLI's start to the cursor at ``head``, the CLI's CPU seconds, entities committed."""
@@ -342,14 +333,6 @@ def live_latency(chain: dict, rpc_url: str, db: str, blocks: int, workdir: Path)
             return latencies
         finally:
             stop_process(process)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 # -- main ---------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from nodeai.chain.jobs import ZERO_ADDRESS  # noqa: E402
 from nodeai.chain.marketplace import Marketplace  # noqa: E402
 from nodeai.keystore import create_keystore  # noqa: E402
 from nodeai.node.artifacts import DirectoryStore  # noqa: E402
+from loadgen import percentile, stop_process  # noqa: E402 - scripts/bench/ is on sys.path when run
 
 ONE = 10**6
 ROLES = ("deployer", "treasury", "publisher", "provider", "requester")
@@ -116,11 +117,6 @@ class WindowKeeper(threading.Thread):
             self.scanned = max(self.scanned, head - 2)
             if fresh:  # NOTE: the window is protocol time: the next block is past it for what was submitted
                 self.w3.provider.make_request("evm_increaseTime", [61])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,12 +235,7 @@ json = true
                 time.sleep(0.2)
             finished = time.time()
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon, timeout=30)
             log.close()
             watcher.stop.set()
             watcher.join(timeout=5)
@@ -271,13 +262,13 @@ json = true
         "challenge_window_fast_forwarded": True,
         "jobs_per_min": round(len(created) / (finished - started) * 60, 1),
         "claim_latency_p50_ms": round(statistics.median(claim_ms), 1),
-        "claim_latency_p90_ms": round(percentile(claim_ms, 0.9), 1),
+        "claim_latency_p90_ms": round(percentile(claim_ms, 90), 1),
         "claim_latency_max_ms": round(max(claim_ms), 1),
         "feed_latency_p50_ms": round(statistics.median(feed_ms), 1),
         "feed_to_claim_sent_p50_ms": round(statistics.median(decide_ms), 1),
         "create_to_submit_p50_s": round(statistics.median(to_submit), 2),
         "create_to_settle_p50_s": round(statistics.median(to_settle), 2),
-        "create_to_settle_p90_s": round(percentile(to_settle, 0.9), 2),
+        "create_to_settle_p90_s": round(percentile(to_settle, 90), 2),
         "target_claim_latency_p50_ms": 500,
     }
     print(json.dumps(result))
