@@ -1,10 +1,11 @@
 // NodeAI Hub explorer: lists from the indexer API, live updates from its SSE stream (/stream),
-// and the wallet forms (create a job, deposit to the escrow, check a receipt) from chain.js.
+// and the wallet forms (create a job, deposit to and withdraw from the escrow, check a receipt)
+// from chain.js.
 //
 // Everything the chain wrote (CIDs, endpoints, ...) is put in the page as text, never as HTML:
 // an endpoint URL is chosen by whoever registers a provider.
 
-import { Chain, UserError, bigIntReviver, describeError } from "./chain.js";
+import { Chain, UserError, bigIntReviver, describeError, formatDuration, formatTimestamp } from "./chain.js";
 
 const HERE = new URL("./", location.href); // /explorer/
 const API = new URL("../", HERE); // the indexer API (the page is served at <api>/explorer/)
@@ -17,6 +18,7 @@ const $ = (id) => document.getElementById(id);
 
 let chain = null;
 let finalizedHeight = -1;
+let headHeight = -1;
 const liveness = new Map(); // provider address -> probe result
 
 // -- small helpers ---------------------------------------------------------------------------------
@@ -244,6 +246,16 @@ const providers = new Collection({
   onChange: (items) => fillProviderSelect(items),
 });
 
+/** A job's priority provider and window, under its provider; nothing when it has none. */
+function priority(job) {
+  if (!job.priority_provider || job.priority_provider === ZERO_ADDRESS) return null;
+  return el(
+    "small",
+    { class: "muted priority", "data-priority-provider": job.priority_provider, "data-priority-until": String(job.priority_until) },
+    "priority: ", address(job.priority_provider), " until ", time(job.priority_until),
+  );
+}
+
 const jobStateTone = { OPEN: "warn", CLAIMED: "warn", SUBMITTED: "warn", DISPUTED: "bad", SETTLED: "ok", REFUNDED: "" };
 
 const jobs = new Collection({
@@ -262,7 +274,7 @@ const jobs = new Collection({
       cell("State", badge(j.state, jobStateTone[j.state] ?? "")),
       cell("Model", `#${j.model_id}`),
       cell("Requester", address(j.requester)),
-      cell("Provider", address(j.provider)),
+      cell("Provider", address(j.provider), priority(j)),
       cell("Max payment", money(j.max_payment)),
       cell("Charge", j.state === "SUBMITTED" || j.state === "DISPUTED" || j.state === "SETTLED" ? money(j.charge) : "–"),
       cell("Deadline", time(j.deadline)),
@@ -346,12 +358,19 @@ function fillModelSelect(items) {
 function fillProviderSelect(items) {
   const registered = items.filter((p) => p.registered);
   fillSelect($("deposit-provider"), registered.map((p) => [p.address, `${shortHex(p.address)} (${p.endpoint})`]), "No provider");
+  // NOTE: the priority provider is a free address field; the list offers the registered ones.
+  $("job-priority-options").replaceChildren(...registered.map((p) => el("option", { value: p.address, label: p.endpoint ?? "" })));
 }
 
 // -- indexer position, finality and liveness ------------------------------------------------------
 function showPosition(position) {
   const changed = position.finalized_height !== finalizedHeight;
   finalizedHeight = position.finalized_height;
+  if (position.head !== headHeight) {
+    headHeight = position.head;
+    // NOTE: a withdrawal unlocks by the chain's clock, which moves only with new blocks.
+    if (chain?.wallet) refreshWithdrawStatus();
+  }
   const where = position.indexed_height === null ? "nothing indexed yet" : `block ${position.indexed_height} indexed of ${position.head}`;
   $("chain-status").textContent = `Chain ${position.chain_id} · ${where} · final after ${position.confirmations} confirmations`;
   if (changed) renderAll();
@@ -396,14 +415,16 @@ function startStream(afterId) {
   const onChange = (event) => {
     const change = JSON.parse(event.data, bigIntReviver);
     byKind[change.kind]?.apply(change);
+    if (change.kind === "channel") walletEscrow.apply(change);
   };
   source.addEventListener("upsert", onChange);
   source.addEventListener("delete", onChange);
   source.addEventListener("reorg", () => {
     // NOTE: rows above the fork were rebuilt: read the lists again rather than patch them.
-    Promise.all(collections.map((c) => (c === channels && !channels.params.payer ? null : c.load()))).catch((error) =>
-      showPageError(describeError(error)),
-    );
+    Promise.all([
+      ...collections.map((c) => (c === channels && !channels.params.payer ? null : c.load())),
+      walletEscrow.load(),
+    ]).catch((error) => showPageError(describeError(error)));
   });
 }
 
@@ -411,15 +432,19 @@ function startStream(afterId) {
 function setWalletUi(connected) {
   $("job-fieldset").disabled = !connected;
   $("deposit-fieldset").disabled = !connected;
+  $("withdraw-fieldset").disabled = !connected;
   $("connect").textContent = connected ? "Disconnect" : "Connect wallet";
   $("wallet-status").textContent = connected ? `Connected: ${chain.wallet.address}` : "No wallet connected";
   if (connected) {
     setResult($("job-result"), "Ready: the job's maximum payment is locked in escrow when it is created.");
     setResult($("deposit-result"), "Ready to deposit.");
+    setResult($("withdraw-result"), "Choose a channel: its withdrawal state is shown above the buttons.");
   } else {
     setResult($("job-result"), "Connect a wallet to create a job.");
     setResult($("deposit-result"), "Connect a wallet to deposit.");
+    setResult($("withdraw-result"), "Connect a wallet to withdraw.");
   }
+  walletEscrow.load().catch((error) => showPageError(describeError(error)));
 }
 
 async function connectWallet() {
@@ -432,8 +457,9 @@ async function connectWallet() {
   button.disabled = true;
   try {
     const account = await chain.connect(window.ethereum);
-    setWalletUi(true);
     if (chain.token.decimals === null) await chain.loadToken().then(showTokenSymbol, () => {});
+    setWalletUi(true);
+    showTimelock();
     if (!$("balance-address").value.trim()) {
       $("balance-address").value = account;
       await showBalances(account);
@@ -464,15 +490,130 @@ function watchWallet() {
 }
 
 async function runForm(form, resultNode, action) {
-  const submit = form.querySelector("button[type=submit]");
-  submit.disabled = true;
+  // NOTE: every button of the form waits, so one action cannot start while another is signing.
+  const buttons = [...form.querySelectorAll("button")];
+  for (const button of buttons) button.disabled = true;
   try {
     const message = await action((text) => setResult(resultNode, text));
     setResult(resultNode, message, "ok");
   } catch (error) {
     setResult(resultNode, describeError(error), "bad");
   } finally {
-    submit.disabled = false;
+    for (const button of buttons) button.disabled = false;
+  }
+}
+
+// -- the connected wallet's escrow: its channels (from the indexer, kept live by the stream) -------
+const walletEscrow = {
+  items: new Map(), // key "payer:provider" -> channel document
+  payer: null,
+
+  async load() {
+    const payer = chain?.wallet?.address ?? null;
+    this.payer = payer;
+    this.items.clear();
+    if (payer) {
+      let cursor = null;
+      do {
+        const url = new URL("channels", API);
+        url.searchParams.set("payer", payer);
+        url.searchParams.set("limit", String(PAGE_SIZE));
+        if (cursor) url.searchParams.set("cursor", cursor);
+        const page = await getJson(url);
+        if (this.payer !== payer) return; // the wallet changed meanwhile
+        for (const item of page.items) this.items.set(item.key, item);
+        cursor = page.next_cursor;
+      } while (cursor);
+    }
+    this.render();
+  },
+
+  apply(change) {
+    if (!this.payer) return;
+    const doc = change.doc ?? {};
+    const payer = doc.payer ?? String(change.key).split(":")[0];
+    if (String(payer).toLowerCase() !== this.payer.toLowerCase()) return;
+    if (change.op === "delete") this.items.delete(change.key);
+    else this.items.set(change.key, { ...(this.items.get(change.key) ?? {}), ...doc, key: change.key });
+    this.render();
+    if (String(doc.provider ?? "").toLowerCase() === $("withdraw-provider").value.toLowerCase()) refreshWithdrawStatus();
+  },
+
+  render() {
+    const box = $("wallet-escrow");
+    if (!this.payer) {
+      box.hidden = true;
+      fillSelect($("withdraw-provider"), [], "Connect a wallet");
+      setResult($("withdraw-status"), "");
+      return;
+    }
+    const items = [...this.items.values()].sort(byText("provider"));
+    const total = items.reduce((sum, c) => sum + BigInt(c.balance ?? 0), 0n);
+    const funded = items.filter((c) => BigInt(c.balance ?? 0) > 0n);
+    const pending = funded.filter((c) => Number(c.unlock_at)).length;
+    box.hidden = false;
+    box.dataset.total = total.toString();
+    setResult(
+      box,
+      `Your wallet ${shortHex(this.payer)} holds ${amount(total)} in the escrow, in ${funded.length} channel(s)` +
+        (pending ? `; ${pending} withdrawal(s) requested.` : "."),
+    );
+    const before = $("withdraw-provider").value;
+    fillSelect(
+      $("withdraw-provider"),
+      funded.map((c) => [c.provider, `${shortHex(c.provider)}: ${amount(c.balance)}${Number(c.unlock_at) ? " (withdrawal requested)" : ""}`]),
+      "No deposit to withdraw",
+    );
+    if ($("withdraw-provider").value !== before) refreshWithdrawStatus();
+  },
+};
+
+let withdrawStatusSeq = 0;
+
+/** Shows what the chosen channel allows now, read on chain at the latest block. */
+async function refreshWithdrawStatus() {
+  const node = $("withdraw-status");
+  const provider = $("withdraw-provider").value;
+  const seq = ++withdrawStatusSeq;
+  if (!chain?.wallet || !provider) {
+    setResult(node, chain?.wallet ? "No channel of this wallet holds a deposit." : "");
+    node.dataset.state = "empty";
+    return;
+  }
+  try {
+    const c = await chain.channel(provider);
+    if (seq !== withdrawStatusSeq) return;
+    node.dataset.state = c.state;
+    node.dataset.unlockAt = c.unlockAt.toString();
+    const balance = `Balance ${amount(c.balance)}.`;
+    const left = formatDuration(Number(c.unlockAt - c.now));
+    const texts = {
+      empty: "Nothing deposited in this channel.",
+      none: `${balance} No withdrawal requested: request one, then withdraw ${timelockText()} later.`,
+      pending: `${balance} Withdrawal pending: it can be completed at ${formatTimestamp(c.unlockAt)} (in ${left}, chain time).`,
+      ready: `${balance} The withdrawal unlocked at ${formatTimestamp(c.unlockAt)}: press Withdraw to receive ${amount(c.balance)}.`,
+    };
+    setResult(node, texts[c.state], c.state === "ready" ? "ok" : undefined);
+  } catch (error) {
+    if (seq !== withdrawStatusSeq) return;
+    node.dataset.state = "error";
+    setResult(node, `The channel could not be read: ${describeError(error)}`, "bad");
+  }
+}
+
+let timelockSeconds = null;
+
+function timelockText() {
+  return timelockSeconds === null ? "after the escrow's timelock" : formatDuration(timelockSeconds);
+}
+
+async function showTimelock() {
+  try {
+    timelockSeconds = await chain.withdrawTimelock();
+    $("withdraw-help").textContent =
+      `Two steps: request the withdrawal, then withdraw ${formatDuration(timelockSeconds)} later (the provider can still redeem your vouchers until then). A new deposit to the channel cancels a pending request.`;
+  } catch {
+    // NOTE: the help keeps its general wording; the withdraw checks read the timelock again.
   }
 }
 
@@ -515,17 +656,40 @@ function wireForms() {
     event.preventDefault();
     runForm(event.target, $("job-result"), async (progress) => {
       const job = await chain.createJob(
-        { modelId: $("job-model").value, inputCid: $("job-input").value, maxPayment: $("job-max").value, hours: $("job-hours").value },
+        {
+          modelId: $("job-model").value, inputCid: $("job-input").value, maxPayment: $("job-max").value, hours: $("job-hours").value,
+          priorityProvider: $("job-priority").value, priorityMinutes: $("job-priority-minutes").value,
+        },
         progress,
       );
-      return `Job #${job.jobId} created in block ${job.block} (transaction ${job.txHash}); it shows in the list as soon as it is indexed.`;
+      const priority = job.priorityProvider
+        ? ` Only ${job.priorityProvider} may claim it until ${formatTimestamp(job.priorityUntil)}.`
+        : "";
+      return `Job #${job.jobId} created in block ${job.block} (transaction ${job.txHash}); it shows in the list as soon as it is indexed.${priority}`;
     });
   });
   $("deposit-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runForm(event.target, $("deposit-result"), async (progress) => {
       const done = await chain.deposit({ provider: $("deposit-provider").value, amount: $("deposit-amount").value }, progress);
-      return `Deposited ${amount(done.amount)} in block ${done.block} (transaction ${done.txHash}); the channel now holds ${amount(done.balance)}.`;
+      const cancelled = done.cancelledWithdrawal ? " The withdrawal that was pending for this channel is cancelled." : "";
+      return `Deposited ${amount(done.amount)} in block ${done.block} (transaction ${done.txHash}); the channel now holds ${amount(done.balance)}.${cancelled}`;
+    });
+  });
+  $("withdraw-provider").addEventListener("change", refreshWithdrawStatus);
+  $("withdraw-request").addEventListener("click", () => {
+    runForm($("withdraw-form"), $("withdraw-result"), async (progress) => {
+      const done = await chain.requestWithdrawal({ provider: $("withdraw-provider").value }, progress);
+      refreshWithdrawStatus();
+      return `Withdrawal requested in block ${done.block} (transaction ${done.txHash}): withdraw ${amount(done.balance)} from ${formatTimestamp(done.unlockAt)} on.`;
+    });
+  });
+  $("withdraw-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runForm(event.target, $("withdraw-result"), async (progress) => {
+      const done = await chain.withdraw({ provider: $("withdraw-provider").value }, progress);
+      refreshWithdrawStatus();
+      return `Withdrew ${amount(done.amount)} to your wallet in block ${done.block} (transaction ${done.txHash}).`;
     });
   });
   $("verify-form").addEventListener("submit", async (event) => {

@@ -1,5 +1,6 @@
 // On-chain side of the explorer: contracts from the deployments file, the wallet (EIP-1193),
-// transactions (approve + createJob, approve + deposit) and receipt inclusion checks, with ethers v6.
+// transactions (approve + createJob, approve + deposit, requestWithdrawal then withdraw) and
+// receipt inclusion checks, with ethers v6.
 //
 // Reads go through the indexer's read-only relay (/explorer/rpc) when it has one, so a visitor
 // without a wallet can still check receipts; transactions always go through the wallet.
@@ -12,9 +13,69 @@ import {
 export const MAX_CID_LENGTH = 100;
 export const MIN_CID_LENGTH = 10;
 export const MAX_JOB_HOURS = 30 * 24;
+// NOTE: the contract only needs the window to end after the block that creates the job; a minute
+// leaves room for the time the wallet takes to confirm.
+export const MIN_PRIORITY_MINUTES = 1;
+const ADDRESS_SHAPE = /^0x[0-9a-fA-F]{40}$/;
 
 /** An error whose message is meant for the user as it is. */
 export class UserError extends Error {}
+
+/** "1 day", "2 h 5 min", "40 s": a duration as a person reads it. */
+export function formatDuration(totalSeconds) {
+  let seconds = Math.max(0, Math.round(Number(totalSeconds)));
+  const days = Math.floor(seconds / 86400);
+  seconds -= days * 86400;
+  const hours = Math.floor(seconds / 3600);
+  seconds -= hours * 3600;
+  const minutes = Math.floor(seconds / 60);
+  seconds -= minutes * 60;
+  const parts = [];
+  if (days) parts.push(`${days} day${days === 1 ? "" : "s"}`);
+  if (hours) parts.push(`${hours} h`);
+  if (minutes && !days) parts.push(`${minutes} min`);
+  if (seconds && !days && !hours) parts.push(`${seconds} s`);
+  return parts.length ? parts.join(" ") : "0 s";
+}
+
+/** A chain timestamp as this computer writes dates. */
+export function formatTimestamp(unix) {
+  return new Date(Number(unix) * 1000).toLocaleString();
+}
+
+/**
+ * The priority provider and window of the job form, checked against the deadline: {provider,
+ * minutes} with provider null when the job has none. UserError saying what is wrong.
+ */
+export function parsePriority(providerText, minutesText, deadlineHours) {
+  const given = String(providerText ?? "").trim();
+  const window = String(minutesText ?? "").trim();
+  if (!given) {
+    if (window) throw new UserError("A priority window needs a priority provider: give one, or leave the window empty.");
+    return { provider: null, minutes: 0 };
+  }
+  if (!ADDRESS_SHAPE.test(given)) {
+    throw new UserError(`The priority provider "${given}" is not an address: give 0x and 40 hex digits, or pick a provider from the list.`);
+  }
+  if (!isAddress(given)) {
+    throw new UserError(`The priority provider "${given}" has a wrong checksum (a typo?): copy the address again, or write it in lower case.`);
+  }
+  const provider = getAddress(given);
+  if (provider === ZeroAddress) throw new UserError("The zero address cannot be a priority provider: leave the field empty for none.");
+  const limit = Number(deadlineHours) * 60;
+  if (!window) {
+    throw new UserError(`Give the priority window: for how many minutes only ${provider} may claim the job (${MIN_PRIORITY_MINUTES} to ${limit} minutes: it must end by the deadline).`);
+  }
+  if (!/^\d+$/.test(window)) {
+    throw new UserError(`The priority window must be a whole number of minutes, e.g. 30 (got "${window}").`);
+  }
+  const minutes = Number(window);
+  if (minutes < MIN_PRIORITY_MINUTES) throw new UserError(`The priority window must be at least ${MIN_PRIORITY_MINUTES} minute.`);
+  if (minutes > limit) {
+    throw new UserError(`The priority window (${minutes} minutes) ends after the job's deadline (${deadlineHours} hours, ${limit} minutes from now): make it at most ${limit} minutes, or move the deadline.`);
+  }
+  return { provider, minutes };
+}
 
 /** The message of an ethers/wallet error, as a person would want to read it. */
 export function describeError(error) {
@@ -150,7 +211,7 @@ export class Chain {
     return receipt;
   }
 
-  async createJob({ modelId, inputCid, maxPayment, hours }, progress) {
+  async createJob({ modelId, inputCid, maxPayment, hours, priorityProvider, priorityMinutes }, progress) {
     const cid = String(inputCid ?? "").trim();
     if (cid.length < MIN_CID_LENGTH || cid.length > MAX_CID_LENGTH) {
       throw new UserError(`The input CID must be ${MIN_CID_LENGTH} to ${MAX_CID_LENGTH} characters (got ${cid.length}).`);
@@ -161,37 +222,115 @@ export class Chain {
       throw new UserError(`The deadline must be 1 to ${MAX_JOB_HOURS} whole hours from now.`);
     }
     if (modelId === "" || modelId === null || modelId === undefined) throw new UserError("Choose a model.");
+    const priority = parsePriority(priorityProvider, priorityMinutes, wantedHours);
     const { signer, provider } = this.requireWallet();
     const amount = this.parseAmount(maxPayment, "The maximum payment");
+    if (priority.provider && this.deployment.contracts.ProviderRegistry) {
+      // NOTE: the market takes any address, but only a registered provider can claim: a window
+      // for anyone else would keep the job unclaimed until the window ends.
+      const registry = this.contract("ProviderRegistry", this.reader());
+      if (!(await registry.isRegistered(priority.provider))) {
+        throw new UserError(`${priority.provider} is not a registered provider: nobody could claim the job during its priority window.`);
+      }
+    }
     const approval = await this.ensureAllowance("JobMarket", amount, progress);
     const step = approval ? "Step 2 of 2" : "Step 1 of 1";
-    // NOTE: the deadline counts from the chain's clock, which can differ from this computer's.
+    // NOTE: the deadline and the window count from the chain's clock, which can differ from this computer's.
     const latest = await provider.getBlock("latest");
     const deadline = BigInt(latest.timestamp) + BigInt(wantedHours * 3600);
+    const priorityUntil = priority.provider ? BigInt(latest.timestamp) + BigInt(priority.minutes * 60) : 0n;
     const market = this.contract("JobMarket", signer);
     progress(`${step}: confirm createJob in your wallet…`);
-    const tx = await market.createJob(BigInt(modelId), cid, amount, deadline, ZeroAddress, 0n);
+    const tx = await market.createJob(BigInt(modelId), cid, amount, deadline, priority.provider ?? ZeroAddress, priorityUntil);
     progress(`${step}: waiting for createJob (${tx.hash})…`);
     const receipt = await tx.wait();
     const created = this.findEvent(market, receipt, "JobCreated");
     if (!created) throw new UserError(`createJob emitted no JobCreated event (transaction ${tx.hash}).`);
-    return { jobId: created.args.jobId, txHash: tx.hash, block: receipt.blockNumber };
+    return {
+      jobId: created.args.jobId, txHash: tx.hash, block: receipt.blockNumber,
+      priorityProvider: priority.provider, priorityUntil: created.args.priorityUntil,
+    };
   }
 
   async deposit({ provider: providerAddress, amount: amountText }, progress) {
     if (!isAddress(String(providerAddress ?? ""))) throw new UserError("Choose a provider.");
-    const { signer } = this.requireWallet();
+    const { signer, address } = this.requireWallet();
     const amount = this.parseAmount(amountText, "The amount");
     const approval = await this.ensureAllowance("InferenceEscrow", amount, progress);
     const step = approval ? "Step 2 of 2" : "Step 1 of 1";
     const escrow = this.contract("InferenceEscrow", signer);
+    const before = await this.contract("InferenceEscrow", this.reader()).channels(address, getAddress(providerAddress));
     progress(`${step}: confirm the deposit in your wallet…`);
     const tx = await escrow.deposit(getAddress(providerAddress), amount);
     progress(`${step}: waiting for the deposit (${tx.hash})…`);
     const receipt = await tx.wait();
     const deposited = this.findEvent(escrow, receipt, "Deposited");
     if (!deposited) throw new UserError(`deposit emitted no Deposited event (transaction ${tx.hash}).`);
-    return { amount, balance: deposited.args.balance, txHash: tx.hash, block: receipt.blockNumber };
+    return {
+      amount, balance: deposited.args.balance, txHash: tx.hash, block: receipt.blockNumber,
+      cancelledWithdrawal: BigInt(before.unlockAt) !== 0n,
+    };
+  }
+
+  // -- escrow withdrawal: requestWithdrawal, the timelock, then withdraw -----------------------------
+  async withdrawTimelock() {
+    return Number(await this.contract("InferenceEscrow", this.reader()).withdrawTimelock());
+  }
+
+  /**
+   * The connected wallet's channel with `provider`, judged at the chain's latest block:
+   * {balance, unlockAt, now, state} with state "empty" | "none" | "pending" | "ready".
+   */
+  async channel(providerAddress) {
+    const { address } = this.requireWallet();
+    if (!isAddress(String(providerAddress ?? ""))) throw new UserError("Choose a provider channel.");
+    const reader = this.reader();
+    const escrow = this.contract("InferenceEscrow", reader);
+    const [channel, latest] = await Promise.all([escrow.channels(address, getAddress(providerAddress)), reader.getBlock("latest")]);
+    const balance = BigInt(channel.balance);
+    const unlockAt = BigInt(channel.unlockAt);
+    const now = BigInt(latest.timestamp);
+    let state = "none";
+    if (balance === 0n) state = "empty";
+    else if (unlockAt !== 0n) state = now >= unlockAt ? "ready" : "pending";
+    return { provider: getAddress(providerAddress), balance, unlockAt, now, state };
+  }
+
+  async requestWithdrawal({ provider: providerAddress }, progress) {
+    const channel = await this.channel(providerAddress);
+    if (channel.state === "empty") throw new UserError(`You have nothing deposited for ${channel.provider}.`);
+    if (channel.state === "pending") {
+      throw new UserError(`A withdrawal is already pending: it can be completed at ${formatTimestamp(channel.unlockAt)} (in ${formatDuration(Number(channel.unlockAt - channel.now))}, chain time). Requesting again would restart the wait.`);
+    }
+    if (channel.state === "ready") throw new UserError("Your withdrawal is already unlocked: press Withdraw.");
+    const escrow = this.contract("InferenceEscrow", this.requireWallet().signer);
+    progress("Step 1 of 2: confirm requestWithdrawal in your wallet…");
+    const tx = await escrow.requestWithdrawal(channel.provider);
+    progress(`Step 1 of 2: waiting for requestWithdrawal (${tx.hash})…`);
+    const receipt = await tx.wait();
+    const requested = this.findEvent(escrow, receipt, "WithdrawalRequested");
+    if (!requested) throw new UserError(`requestWithdrawal emitted no WithdrawalRequested event (transaction ${tx.hash}).`);
+    return { unlockAt: requested.args.unlockAt, balance: channel.balance, txHash: tx.hash, block: receipt.blockNumber };
+  }
+
+  async withdraw({ provider: providerAddress }, progress) {
+    const channel = await this.channel(providerAddress);
+    if (channel.state === "empty") throw new UserError(`You have nothing deposited for ${channel.provider}.`);
+    if (channel.state === "none") {
+      const timelock = formatDuration(await this.withdrawTimelock());
+      throw new UserError(`Request the withdrawal first: the escrow releases a deposit ${timelock} after the request.`);
+    }
+    if (channel.state === "pending") {
+      throw new UserError(`Not yet: the withdrawal can be completed at ${formatTimestamp(channel.unlockAt)} (in ${formatDuration(Number(channel.unlockAt - channel.now))}, chain time).`);
+    }
+    const escrow = this.contract("InferenceEscrow", this.requireWallet().signer);
+    progress("Step 2 of 2: confirm withdraw in your wallet…");
+    const tx = await escrow.withdraw(channel.provider);
+    progress(`Step 2 of 2: waiting for withdraw (${tx.hash})…`);
+    const receipt = await tx.wait();
+    const withdrawn = this.findEvent(escrow, receipt, "Withdrawn");
+    if (!withdrawn) throw new UserError(`withdraw emitted no Withdrawn event (transaction ${tx.hash}).`);
+    return { amount: withdrawn.args.amount, txHash: tx.hash, block: receipt.blockNumber };
   }
 
   findEvent(contract, receipt, name) {

@@ -13,9 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 from eth_utils import keccak
+from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
+from nodeai.chain.jobs import Job
 from nodeai.chain.marketplace import raw_cid
 
 from .conftest import ONE, REPO_ROOT, Explorer, PageSession
@@ -35,6 +38,11 @@ def tusd(base_units: int) -> str:
 
 def _row(session: PageSession, table: str, key: str):
     return session.page.locator(f"#{table}-body tr[data-key='{key}']")
+
+
+def short(address: str) -> str:
+    """An address as the page abbreviates it: 0x1234…abcd."""
+    return f"{address[:6]}…{address[-4:]}"
 
 
 def _mark_no_reload(session: PageSession) -> None:
@@ -116,6 +124,85 @@ def test_job_created_from_the_page_lands_on_chain_then_in_the_live_list(session:
     _assert_no_reload(session)
 
 
+def test_job_with_a_priority_provider_lands_on_chain_with_its_window(session: PageSession, explorer: Explorer) -> None:
+    page, market, activity = session.page, explorer.market, explorer.activity
+    _mark_no_reload(session)
+    _connect(session, explorer)
+    # The priority field offers the registered providers (it takes any address typed in too).
+    offered = page.eval_on_selector_all("#job-priority-options option", "options => options.map((o) => o.value)")
+    assert sorted(offered) == sorted(activity.providers)
+    # The second provider gets the window: the first (the one that claims everything else) must wait.
+    priority, other = activity.dead_provider, activity.live_provider
+    cid = raw_cid(b"a job with a priority provider")
+
+    page.select_option("#job-model", str(activity.model_id))
+    page.fill("#job-input", cid)
+    page.fill("#job-max", "3")
+    page.fill("#job-hours", "6")
+    page.fill("#job-priority", priority.lower())  # any case: the page checksums it
+    page.fill("#job-priority-minutes", "90")
+    page.click("#job-submit")
+    page.wait_for_selector("#job-result[data-tone=ok]", timeout=WAIT_MS)
+
+    # On chain: the JobCreated event names the provider and a window ending 90 minutes after the chain's
+    # clock (the deadline counts from the same block: 6 hours), and the job the contract committed to is
+    # that struct: its jobCommitment is the hash of the struct rebuilt from the event.
+    receipt = explorer.w3.eth.get_transaction_receipt(session.wallet.sent[-1])
+    (log,) = market.market.events.JobCreated().process_receipt(receipt, errors=DISCARD)
+    created, job_id = log["args"], log["args"]["jobId"]
+    assert created["priorityProvider"] == priority and created["inputCid"] == cid
+    assert created["deadline"] - created["priorityUntil"] == 6 * 3600 - 90 * 60
+    mined_at = explorer.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
+    assert mined_at < created["priorityUntil"] <= mined_at + 90 * 60
+    job = Job.from_created(created)
+    assert market.market.functions.jobCommitment(job_id).call() == job.commitment()
+    # ... and the contract enforces it: inside the window only the priority provider may claim.
+    with pytest.raises(ContractLogicError, match="inside the priority provider's window"):
+        market.market.functions.claimJob(job_id, job.as_tuple()).call({"from": other})
+    market.market.functions.claimJob(job_id, job.as_tuple()).call({"from": priority})  # would succeed
+    assert f"Only {priority} may claim it until" in page.inner_text("#job-result")
+
+    # In the page: the job arrives over the stream with its priority provider and window.
+    row = _row(session, "jobs", str(job_id))
+    row.wait_for(timeout=WAIT_MS)
+    shown = row.locator(".priority")
+    assert shown.get_attribute("data-priority-provider") == priority
+    assert shown.get_attribute("data-priority-until") == str(created["priorityUntil"])
+    assert short(priority) in shown.inner_text() and "until" in shown.inner_text()
+    # Jobs without one show none.
+    assert _row(session, "jobs", str(activity.job_ids[0])).locator(".priority").count() == 0
+    _assert_no_reload(session)
+
+
+def test_priority_fields_get_clear_messages_and_send_nothing(session: PageSession, explorer: Explorer) -> None:
+    page, activity = session.page, explorer.activity
+    _connect(session, explorer)
+    page.fill("#job-input", raw_cid(b"valid input"))
+    page.fill("#job-max", "1")
+    page.fill("#job-hours", "2")
+
+    def refused(provider: str, minutes: str, message: str) -> None:
+        page.fill("#job-priority", provider)
+        page.fill("#job-priority-minutes", minutes)
+        page.evaluate("document.getElementById('job-result').removeAttribute('data-tone')")
+        page.click("#job-submit")
+        page.wait_for_selector("#job-result[data-tone=bad]", timeout=WAIT_MS)
+        assert message in page.inner_text("#job-result")
+
+    provider = activity.live_provider
+    refused("0x123", "30", 'The priority provider "0x123" is not an address')
+    refused("0x" + provider[2:].swapcase(), "30", "wrong checksum")
+    refused("0x" + "00" * 20, "30", "The zero address cannot be a priority provider")
+    refused(provider, "", "Give the priority window")
+    refused(provider, "half an hour", 'whole number of minutes, e.g. 30 (got "half an hour")')
+    refused(provider, "0", "at least 1 minute")
+    refused(provider, "121", "The priority window (121 minutes) ends after the job's deadline (2 hours, 120 minutes from now)")
+    refused("", "30", "A priority window needs a priority provider")
+    stranger = Account.create().address
+    refused(stranger, "30", f"{stranger} is not a registered provider")
+    assert session.wallet.sent == []
+
+
 def test_bad_input_gets_a_clear_message_and_sends_nothing(session: PageSession, explorer: Explorer) -> None:
     page = session.page
     _connect(session, explorer)
@@ -171,6 +258,72 @@ def test_deposit_from_the_page_shows_in_the_escrow_balance(session: PageSession,
     _assert_no_reload(session)
 
 
+def test_withdraw_from_the_page_after_the_timelock(session: PageSession, explorer: Explorer) -> None:
+    page, market, activity = session.page, explorer.market, explorer.activity
+    escrow = market.escrow.functions
+    _mark_no_reload(session)
+    _connect(session, explorer)
+    # A channel of its own (the deposit test uses the other provider's).
+    payer, provider = explorer.wallet.address, activity.dead_provider
+
+    def on_chain_total() -> int:
+        return sum(escrow.channels(payer, p).call()[0] for p in activity.providers)
+
+    page.select_option("#deposit-provider", provider)
+    page.fill("#deposit-amount", "1.5")
+    page.click("#deposit-submit")
+    page.wait_for_selector("#deposit-result[data-tone=ok]", timeout=WAIT_MS)
+    balance = escrow.channels(payer, provider).call()[0]
+    assert balance >= 1_500_000
+    # The wallet's escrow balance follows the deposit (the indexer's stream, no reload).
+    total = on_chain_total()
+    page.wait_for_selector(f"#wallet-escrow[data-total='{total}']", timeout=WAIT_MS)
+    assert tusd(total) in page.inner_text("#wallet-escrow")
+
+    page.select_option("#withdraw-provider", provider)
+    page.wait_for_selector("#withdraw-status[data-state=none]", timeout=WAIT_MS)
+    sent = len(session.wallet.sent)
+    # Withdrawing before requesting: the page says what to do and sends nothing.
+    page.click("#withdraw-submit")
+    page.wait_for_selector("#withdraw-result:has-text('Request the withdrawal first')", timeout=WAIT_MS)
+    assert "1 day after the request" in page.inner_text("#withdraw-result")
+
+    # Step 1: the request starts the timelock on chain; the page shows it pending, and until when.
+    page.click("#withdraw-request")
+    page.wait_for_selector("#withdraw-result[data-tone=ok]", timeout=WAIT_MS)
+    assert len(session.wallet.sent) == sent + 1
+    requested = explorer.w3.eth.get_transaction_receipt(session.wallet.sent[-1])
+    timelock = escrow.withdrawTimelock().call()
+    unlock_at = escrow.channels(payer, provider).call()[1]
+    assert unlock_at == explorer.w3.eth.get_block(requested["blockNumber"])["timestamp"] + timelock
+    page.wait_for_selector(f"#withdraw-status[data-state=pending][data-unlock-at='{unlock_at}']", timeout=WAIT_MS)
+    assert "can be completed at" in page.inner_text("#withdraw-status")
+    page.wait_for_selector(f"#channels-body tr[data-key='{payer}:{provider}']:has-text('unlocks')", timeout=WAIT_MS)
+    page.wait_for_selector("#wallet-escrow:has-text('1 withdrawal(s) requested')", timeout=WAIT_MS)
+
+    # Too early: refused with the time it unlocks, nothing sent.
+    page.click("#withdraw-submit")
+    page.wait_for_selector("#withdraw-result:has-text('Not yet')", timeout=WAIT_MS)
+    assert len(session.wallet.sent) == sent + 1
+
+    # Step 2, once the chain's clock passed the unlock time: the page notices by itself.
+    market.advance_time(timelock)
+    page.wait_for_selector("#withdraw-status[data-state=ready]", timeout=WAIT_MS)
+    tokens_before = market.balance(payer)
+    page.click("#withdraw-submit")
+    page.wait_for_selector("#withdraw-result[data-tone=ok]:has-text('Withdrew')", timeout=WAIT_MS)
+    assert tuple(escrow.channels(payer, provider).call()) == (0, 0)
+    assert market.balance(payer) == tokens_before + balance
+    assert tusd(balance) in page.inner_text("#withdraw-result")
+    # The page: the wallet's escrow balance and the channel's row, from the stream.
+    page.wait_for_selector(f"#wallet-escrow[data-total='{total - balance}']", timeout=WAIT_MS)
+    assert tusd(total - balance) in page.inner_text("#wallet-escrow")
+    page.wait_for_selector(f"#channels-body tr[data-key='{payer}:{provider}'] strong:has-text('{tusd(0)}')",
+                           timeout=WAIT_MS)  # fmt: skip
+    assert tusd(balance) in _row(session, "channels", f"{payer}:{provider}").inner_text()  # withdrawn
+    _assert_no_reload(session)
+
+
 def _receipt_json(explorer: Explorer, index: int, **changes: object) -> str:
     receipt = explorer.activity.receipts[index]
     body = {
@@ -218,6 +371,10 @@ def test_usable_at_a_phone_width(phone: PageSession, explorer: Explorer) -> None
     page = phone.page
     assert page.viewport_size == {"width": 375, "height": 812}
     _row(phone, "jobs", str(explorer.activity.job_ids[0])).wait_for(timeout=WAIT_MS)
+    # Connected, so every form is enabled and the wallet's escrow and withdrawal state are shown too.
+    _connect(phone, explorer)
+    page.wait_for_selector("#wallet-escrow:has-text('in the escrow')", timeout=WAIT_MS)
+    page.wait_for_selector("#withdraw-status[data-state]", timeout=WAIT_MS)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the page is {overflow} px wider than a 375 px screen"
     # Every visible element is inside the screen (the table headers, kept for screen readers, are
@@ -279,6 +436,8 @@ def test_screenshot_for_the_docs(session: PageSession, explorer: Explorer, tmp_p
     page.wait_for_selector("#balance-result:has-text('in escrow in all')", timeout=WAIT_MS)
     tree = activity.tree
     assert _check(session, _receipt_json(explorer, 0), "0x" + tree.root.hex(), tree.proof(0)) == "valid"
+    page.wait_for_selector("#wallet-escrow:has-text('in the escrow')", timeout=WAIT_MS)
+    page.wait_for_selector("#withdraw-status[data-state]", timeout=WAIT_MS)
     shot = tmp_path / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
