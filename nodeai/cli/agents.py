@@ -24,7 +24,7 @@ import click
 
 from nodeai.chain.jobs import ZERO_ADDRESS, JobState
 from nodeai.cli.chainview import JobView, follow, load_job
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
+from nodeai.cli.context import CliContext, example, pass_ctx, signer_options
 from nodeai.cli.errors import CliError, MissingComponent, UserError
 from nodeai.cli.output import check_amount, duration, emit, parse_amount, parse_duration, short, status, table, when
 from nodeai.errors import ContractReverted
@@ -174,10 +174,9 @@ def _job_input(agent_id: int, spec_cid: str | None, text: str) -> bytes:
                       sort_keys=True, separators=(",", ":")).encode()  # fmt: skip
 
 
-def read_output(obj: CliContext, cid: str) -> dict[str, Any]:
+def read_output(store: Any, cid: str) -> dict[str, Any]:
     """The job's output document from IPFS (verified against its CID by the store)."""
-    with obj.ipfs() as store:
-        data = store.get_bytes(cid)
+    data = store.get_bytes(cid)
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -248,28 +247,30 @@ def run(obj: CliContext, name: str, input_text: str | None, input_file: Path | N
 
     market = obj.contract("JobMarket")
     obj.account()
+    # NOTE: the IPFS node stays up while the job runs: the provider fetches the input (and the spec
+    # pinned by `agents create`) from it, and it fetches the output from the provider.
     with obj.ipfs() as store:
         input_cid = store.add_bytes(_job_input(agent_id, spec_cid, text))
-    status(f"  pinned the input: {input_cid}")
-    obj.ensure_allowance(market, amount)
-    deadline = obj.now() + deadline_s
-    created = obj.send(market.functions.createJob(agent_id, input_cid, amount, deadline, ZERO_ADDRESS, 0), "createJob")
-    job_id = created.event("JobCreated")["jobId"]
-    data: dict[str, Any] = {"job_id": job_id, "agent_id": agent_id, "input_cid": input_cid, "max_payment": amount,
-                            "deadline": deadline, "create_tx": created.tx_hash}  # fmt: skip
-    if until == "created":
-        data["state"] = "OPEN"
-        emit(obj.json, data, f"job {job_id} created; follow it with `nodeai jobs show {job_id}`")
-        return
+        status(f"  pinned the input: {input_cid}")
+        obj.ensure_allowance(market, amount)
+        deadline = obj.now() + deadline_s
+        created = obj.send(market.functions.createJob(agent_id, input_cid, amount, deadline, ZERO_ADDRESS, 0), "createJob")
+        job_id = created.event("JobCreated")["jobId"]
+        data: dict[str, Any] = {"job_id": job_id, "agent_id": agent_id, "input_cid": input_cid, "max_payment": amount,
+                                "deadline": deadline, "create_tx": created.tx_hash}  # fmt: skip
+        if until == "created":
+            data["state"] = "OPEN"
+            emit(obj.json, data, f"job {job_id} created; follow it with `nodeai jobs show {job_id}`")
+            return
 
-    started = time.monotonic()
-    say = (lambda view: None) if obj.json else (lambda view: status(_state_line(obj, view)))
-    view = follow(obj, job_id, lambda v: v.state not in (JobState.OPEN, JobState.CLAIMED), say, timeout_s)
-    if view.state is JobState.SUBMITTED or view.output_cid:
-        data["result"] = read_output(obj, view.output_cid)  # type: ignore[arg-type]
-        data["output_cid"] = view.output_cid
-        if not obj.json:
-            _print_result(data["result"], view)
+        started = time.monotonic()
+        say = (lambda view: None) if obj.json else (lambda view: status(_state_line(obj, view)))
+        view = follow(obj, job_id, lambda v: v.state not in (JobState.OPEN, JobState.CLAIMED), say, timeout_s)
+        if view.state is JobState.SUBMITTED or view.output_cid:
+            data["result"] = read_output(store, view.output_cid)  # type: ignore[arg-type]
+            data["output_cid"] = view.output_cid
+            if not obj.json:
+                _print_result(data["result"], view)
     if until == "settled" and not view.state.is_final:
         view = _wait_settled(obj, view, timeout_s - (time.monotonic() - started), say)
     data |= {"state": view.state.name, "charge": view.job.charge, "provider": view.job.provider,
@@ -339,7 +340,6 @@ def _receipt_text(obj: CliContext, view: JobView, data: dict[str, Any]) -> str:
 @agents.command("list")
 @click.option("--mine", is_flag=True, help="Only agents this wallet owns.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@json_option
 @pass_ctx
 @example("""
 nodeai agents list --mine

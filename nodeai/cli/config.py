@@ -2,7 +2,7 @@
 
 Precedence, highest first: command-line flags, environment variables
 (``NODEAI_RPC_URL``, ``NODEAI_CHAIN_ID``, ``NODEAI_DEPLOYMENTS``,
-``NODEAI_INDEXER_URL``, ``NODEAI_KEYSTORE``, ``NODEAI_IPFS_API``), the config
+``NODEAI_INDEXER_URL``, ``NODEAI_KEYSTORE``, ``NODEAI_IPFS_API``, ``NODEAI_IPFS_PEERS``), the config
 file, the defaults of a local development chain. ``nodeai login`` writes the
 file. It never holds a key: the wallet lives in an encrypted keystore whose
 path (and public address) the file records.
@@ -25,7 +25,7 @@ DEFAULT_INDEXER_URL = "http://127.0.0.1:8100"
 SECTIONS: dict[str, tuple[str, ...]] = {
     "network": ("rpc_url", "chain_id", "deployments", "indexer_url"),
     "wallet": ("keystore", "address"),
-    "ipfs": ("ipfs_api",),
+    "ipfs": ("ipfs_api", "ipfs_peers"),
 }
 
 
@@ -52,6 +52,11 @@ class Settings:
     """The wallet's public address, so reads need no password."""
     ipfs_api: str | None = None
     """A kubo RPC API URL; unset: the embedded IPFS node in ``$NODEAI_HOME/ipfs``."""
+    ipfs_peers: str | None = None
+    """Comma-separated peer multiaddrs the embedded IPFS node dials when it starts (e.g. a provider's node)."""
+
+    def ipfs_peer_list(self) -> list[str]:
+        return [p.strip() for p in (self.ipfs_peers or "").split(",") if p.strip()]
 
     def keystore_path(self, home: Path) -> Path:
         return Path(self.keystore).expanduser() if self.keystore else home / "keystore.json"

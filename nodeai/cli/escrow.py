@@ -14,7 +14,7 @@ from typing import Any
 import click
 from eth_utils import is_address, to_checksum_address
 
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
+from nodeai.cli.context import CliContext, example, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
 from nodeai.cli.output import check_amount, duration, emit, parse_amount, table, when
 
@@ -71,7 +71,6 @@ def deposit(obj: CliContext, amount: str, provider: str, raw: bool) -> None:
 @escrow.command("balance")
 @click.option("--provider", help="One provider's channel (read from the chain); without it, every channel (indexer).")
 @click.option("--payer", help="Whose channels (default: this wallet).")
-@json_option
 @pass_ctx
 @example("""
 nodeai escrow balance --provider 0x70997970C51812dc3A010C7d01b50e0d17dc79C8

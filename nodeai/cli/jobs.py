@@ -14,7 +14,7 @@ import click
 
 from nodeai.chain.jobs import JobState
 from nodeai.cli.chainview import JobView, load_job
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
+from nodeai.cli.context import CliContext, example, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
 from nodeai.cli.output import duration, emit, short, table, when
 
@@ -38,7 +38,6 @@ def jobs() -> None:
 @click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state.")
 @click.option("--model", "model_id", type=int, help="Only jobs for this model or agent id.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most this many jobs.")
-@json_option
 @pass_ctx
 @example("""
 nodeai jobs list --mine --state SUBMITTED
@@ -71,7 +70,6 @@ def _amount(obj: CliContext, value: int | None) -> str:
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
-@json_option
 @pass_ctx
 @example("""
 nodeai jobs show 12

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ import click
 from nodeai import __version__
 from nodeai.cli.config import load_settings, nodeai_home
 from nodeai.cli.context import CliContext, example
+from nodeai.cli.global_options import apply_all, attach, root_options
 from nodeai.cli.errors import EXIT_FAILURE, EXIT_USER_ERROR, CliError, MissingComponent
 from nodeai.errors import ChainIdMismatch, ContractReverted, DeploymentNotFound, NodeAIError
 
@@ -82,16 +82,7 @@ class NodeAIGroup(click.Group):
 
 
 @click.group(cls=NodeAIGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--rpc-url", envvar="NODEAI_RPC_URL", help="JSON-RPC URL of the chain [config: network.rpc_url].")
-@click.option("--chain-id", type=int, envvar="NODEAI_CHAIN_ID", help="Expected chain id, checked against the RPC.")
-@click.option("--deployments", type=click.Path(dir_okay=False), envvar="NODEAI_DEPLOYMENTS",
-              help="Deployments file with the contracts' addresses and ABIs.")
-@click.option("--indexer-url", envvar="NODEAI_INDEXER_URL", help="Base URL of the indexer's HTTP API (lists).")
-@click.option("--keystore", type=click.Path(dir_okay=False), envvar="NODEAI_KEYSTORE",
-              help="Encrypted JSON keystore of the wallet [default: $NODEAI_HOME/keystore.json].")
-@click.option("--ipfs-api", envvar="NODEAI_IPFS_API", help="kubo RPC API URL; unset: the embedded IPFS node.")
-@click.option("--json", "json_output", is_flag=True, help="Print JSON for scripts (also accepted after each command).")
-@click.option("--debug", is_flag=True, envvar="NODEAI_DEBUG", help="Show tracebacks of internal errors.")
+@root_options
 @click.version_option(__version__, prog_name="nodeai")
 @click.pass_context
 @example("""
@@ -101,30 +92,30 @@ nodeai agents create treasury-bot --tools=rpc,sql,ipfs --budget=50
 nodeai agents run treasury-bot --input "Rebalance to 60/40"
 nodeai jobs list --mine --json
 """)
-def cli(ctx: click.Context, rpc_url: str | None, chain_id: int | None, deployments: str | None, indexer_url: str | None,
-        keystore: str | None, ipfs_api: str | None, json_output: bool, debug: bool) -> None:  # fmt: skip
+def cli(ctx: click.Context, **options: Any) -> None:
     """NodeAI Hub: publish models, run agents, pay for inference, check receipts, from the command line.
 
     Settings come from flags, then NODEAI_* environment variables, then
     $NODEAI_HOME/config.toml (written by `nodeai login`; NODEAI_HOME defaults
-    to ~/.nodeai). Amounts are in token units (12.5) unless --raw is given.
-    Exit codes: 0 ok, 1 failure, 2 user error.
+    to ~/.nodeai). The options below may also follow the command
+    (`nodeai jobs list --json`). Amounts are in token units (12.5) unless
+    --raw is given. Exit codes: 0 ok, 1 failure, 2 user error.
     """
     home = nodeai_home()
-    settings = load_settings(home).merged(rpc_url=rpc_url, chain_id=chain_id,
-                                          deployments=str(Path(deployments).resolve()) if deployments else None,
-                                          indexer_url=indexer_url,
-                                          keystore=str(Path(keystore).resolve()) if keystore else None,
-                                          ipfs_api=ipfs_api)  # fmt: skip
-    ctx.obj = CliContext(home=home, settings=settings, json=json_output, debug=debug)
+    ctx.obj = CliContext(home=home, settings=load_settings(home))
+    apply_all(ctx.obj, options)
+
+
+FOREIGN_GROUPS = ("node", "logs")
 
 
 def _mount() -> None:
-    from nodeai.cli import agents, escrow, jobs, models, receipts, wallet
+    from nodeai.cli import agents, dev, escrow, infer, jobs, models, receipts, wallet
 
     cli.add_command(wallet.login)
     cli.add_command(wallet.whoami)
-    for group in (models.models, agents.agents, jobs.jobs, escrow.escrow, receipts.receipts):
+    cli.add_command(infer.infer)
+    for group in (models.models, agents.agents, jobs.jobs, escrow.escrow, receipts.receipts, dev.dev):
         cli.add_command(group)
     try:
         from nodeai.node.cli import logs, node
@@ -148,6 +139,8 @@ def _missing(name: str, usage: str) -> click.Command:
 
 
 _mount()
+# NOTE: after every command is mounted; the provider daemon's groups parse their own options (--config).
+attach(cli, skip=FOREIGN_GROUPS)
 
 
 def main(argv: list[str] | None = None) -> int:

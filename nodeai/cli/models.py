@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx, signer_options
+from nodeai.cli.context import CliContext, example, pass_ctx, signer_options
 from nodeai.cli.errors import UserError
 from nodeai.cli.output import check_amount, emit, parse_amount, short, table
 
@@ -131,7 +131,6 @@ def deploy(obj: CliContext, path: Path, price: str, share_bps: int, name: str | 
 @click.option("--owner", help="Only models of this owner address.")
 @click.option("--agents", "include_agents", is_flag=True, help="List agents too.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@json_option
 @pass_ctx
 @example("""
 nodeai models list

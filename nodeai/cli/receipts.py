@@ -6,8 +6,10 @@ and its inclusion proof, this command recomputes the leaf and the path to
 the root locally, then asks the contract whether that root was committed by
 the receipt's own provider and whether the receipt is in it.
 
-Input (a file or ``-`` for stdin): what the gateway's
-``GET /v1/nodeai/receipts/{request_hash}`` answers::
+Input: a request hash (``0x`` + 64 hex digits, as ``nodeai infer`` prints it),
+fetched from the provider's gateway (``--gateway-url``; ``--wait`` waits for
+the provider to commit the batch), or a file (``-`` for stdin) holding what the
+gateway's ``GET /v1/nodeai/receipts/{request_hash}`` answers::
 
     {"receipt": {"requestHash": "0x..", "provider": "0x..", "payer": "0x..", "modelId": 1, "tokensIn": 20,
                  "tokensOut": 40, "latencyMs": 120, "amount": "2000", "timestamp": 1700000000,
@@ -23,15 +25,17 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import click
 from eth_utils import is_address, to_checksum_address
 
 from nodeai.chain.receipts import Receipt, verify_proof
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx
-from nodeai.cli.errors import CheckFailed, EXIT_FAILURE, UserError
-from nodeai.cli.output import emit
+from nodeai.cli.context import CliContext, example, pass_ctx
+from nodeai.cli.errors import CheckFailed, EXIT_FAILURE, ServiceUnavailable, UserError
+from nodeai.cli.output import emit, parse_duration, status
 
 FIELDS = ("request_hash", "provider", "payer", "model_id", "tokens_in", "tokens_out", "latency_ms", "amount", "timestamp")
 
@@ -77,29 +81,101 @@ def receipts() -> None:
     """Per-request receipts: check that a request is in a batch committed on chain."""
 
 
+_REQUEST_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+
+def _read_document(source: str) -> tuple[dict[str, Any], str]:
+    """The receipt document in a file (``-``: stdin), and the name to call it by in messages."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = click.get_text_stream("stdin").read() if source == "-" else Path(source).expanduser().read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {source}: {exc.strerror}",
+                        "pass a receipt file, `-` for stdin, or a request hash (0x + 64 hex digits)") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name} is not JSON: {exc}") from None
+    return document, name
+
+
+def _fetch_document(obj: CliContext, request_hash: str, gateway_url: str | None, wait_s: int) -> dict[str, Any]:
+    """The receipt and its proof from the gateway; with ``wait_s``, polled until its batch is committed."""
+    import httpx
+
+    from nodeai.cli.infer import GATEWAY_HINT, gateway_get, gateway_root
+
+    if not gateway_url:
+        raise UserError("a request hash is looked up on the provider's gateway, and none is set", GATEWAY_HINT)
+    url = f"{gateway_root(gateway_url)}/v1/nodeai/receipts/{request_hash}"
+    deadline = time.monotonic() + wait_s
+    announced = False
+    with httpx.Client(timeout=30) as http:
+        while True:
+            try:
+                reply = http.get(url)
+            except httpx.HTTPError as exc:
+                raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__})", GATEWAY_HINT) from None
+            if reply.status_code == 404:
+                raise UserError(f"the gateway at {gateway_root(gateway_url)} has no receipt {request_hash}",
+                                "check the hash, and that this is the gateway that served the request")
+            document = gateway_get(http, url, f"receipt {request_hash}") if reply.status_code >= 400 else reply.json()
+            if document.get("committed") or time.monotonic() >= deadline:
+                return document
+            if not announced and not obj.json:
+                status(f"  waiting for the provider to commit the batch of {request_hash} (up to {wait_s} s) ...")
+                announced = True
+            time.sleep(1)
+
+
 @receipts.command("verify")
-@click.argument("receipt_file", type=click.File("r"))
+@click.argument("receipt_source", metavar="[RECEIPT]", required=False)
+@click.option("--latest", is_flag=True, help="The receipt `nodeai infer` kept last (in $NODEAI_HOME/receipts), from its gateway.")
 @click.option("--root", help="Merkle root to check against (default: the file's root).")
 @click.option("--proof", "proof_items", multiple=True, help="A sibling hash of the proof, leaf first (repeat; default: the file's proof).")
-@json_option
+@click.option("--gateway-url", envvar="NODEAI_GATEWAY_URL",
+              help="Gateway to fetch a request hash's receipt and proof from [env: NODEAI_GATEWAY_URL].")
+@click.option("--wait", "wait_text", default="0s", show_default=True,
+              help="With a request hash: wait this long for the provider to commit the receipt's batch (60s, 5m).")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the receipt with its proof to this file (evidence for a dispute).")
 @pass_ctx
 @example("""
+nodeai receipts verify --latest --wait 60s               # the last `nodeai infer`
+nodeai receipts verify 0x5c1d...e9a2 --gateway-url http://127.0.0.1:8000
 nodeai receipts verify receipt.json
 curl -s .../receipts/0xabc... | nodeai receipts verify - --json
 """)
-def verify(obj: CliContext, receipt_file: Any, root: str | None, proof_items: tuple[str, ...]) -> None:
+def verify(obj: CliContext, receipt_source: str | None, latest: bool, root: str | None, proof_items: tuple[str, ...],
+           gateway_url: str | None, wait_text: str, save_path: Path | None) -> None:  # fmt: skip
     """Verify a receipt's Merkle inclusion against the root its provider committed on chain.
 
-    Exit code 0 when the receipt is in a committed batch, 1 when it is not
-    (altered receipt, wrong proof, or a batch not committed yet), 2 when the
-    file cannot be read as a receipt.
+    RECEIPT is a request hash (looked up on the gateway), a file, or - for
+    stdin; --latest takes the receipt of the last `nodeai infer`. Exit code 0 when the receipt is in a committed batch, 1 when it is
+    not (altered receipt, wrong proof, or a batch not committed yet), 2 when
+    the input cannot be read as a receipt.
     """
-    try:
-        document = json.load(receipt_file)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{receipt_file.name} is not JSON: {exc}") from None
+    if latest == (receipt_source is not None):
+        raise UserError("give a RECEIPT (request hash, file or -) or --latest, not both or neither")
+    if latest:
+        from nodeai.cli.infer import latest_receipt
+
+        kept = latest_receipt(obj)
+        receipt_source = str(kept["receipt"]["requestHash"])
+        gateway_url = kept.get("gateway") or gateway_url  # NOTE: the gateway that served it holds its proof
+    assert receipt_source is not None
+    if _REQUEST_HASH.match(receipt_source):
+        wait_s = 0 if wait_text.strip() in ("0", "0s") else parse_duration(wait_text)
+        document, name = _fetch_document(obj, receipt_source, gateway_url, wait_s), receipt_source
+        if document.get("root") is None and root is None:
+            raise CheckFailed(f"the provider has not committed the batch of {receipt_source} yet",
+                              f"providers commit receipts in batches: retry with --wait 60s, or later")
+    else:
+        document, name = _read_document(receipt_source)
     if not isinstance(document, dict) or not isinstance(document.get("receipt"), dict):
-        raise UserError(f"{receipt_file.name} has no \"receipt\" object", "see `nodeai receipts verify --help` for the format")
+        raise UserError(f"{name} has no \"receipt\" object", "see `nodeai receipts verify --help` for the format")
+    if save_path is not None:
+        save_path.write_text(json.dumps(document, indent=2) + "\n")
     receipt = parse_receipt(document["receipt"])
     root_value = root or document.get("root")
     if root_value is None:

@@ -15,7 +15,7 @@ import click
 
 from nodeai.cli import keys
 from nodeai.cli.config import Settings, config_path, save_settings
-from nodeai.cli.context import CliContext, example, json_option, pass_ctx
+from nodeai.cli.context import CliContext, example, pass_ctx
 from nodeai.cli.errors import ServiceUnavailable, UserError
 from nodeai.cli.output import emit, status
 
@@ -56,7 +56,6 @@ def _check_network(obj: CliContext) -> dict[str, object]:
 @click.option("--no-check", is_flag=True, help="Save the network settings without connecting to the chain.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read the keystore password from this file (else $NODEAI_PASSWORD, else a hidden prompt).")
-@json_option
 @pass_ctx
 @example("""
 nodeai login --create --rpc-url http://127.0.0.1:8545 --indexer-url http://127.0.0.1:8100
@@ -117,7 +116,6 @@ def login(obj: CliContext, mode: str | None, rpc_url: str | None, chain_id: int 
 
 
 @click.command("whoami")
-@json_option
 @pass_ctx
 @example("""
 nodeai whoami

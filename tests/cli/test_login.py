@@ -89,7 +89,7 @@ def test_network_mistakes(chain: Chain, home: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_commands_before_login_say_how_to_log_in(chain: Chain, home: Path) -> None:
-    assert_user_error(run("escrow", "balance", "--rpc-url", chain.anvil.url), "No such option")  # global flags go first
-    result = run("--rpc-url", chain.anvil.url, "--deployments", str(chain.deployments_file), "jobs", "list", "--mine")
-    assert_user_error(result, "no keystore", "nodeai login --create")
+    network = ["--rpc-url", chain.anvil.url, "--deployments", str(chain.deployments_file)]
+    assert_user_error(run(*network, "jobs", "list", "--mine"), "no keystore", "nodeai login --create")
+    assert_user_error(run("jobs", "list", "--mine", *network), "no keystore", "nodeai login --create")  # flags after it too
     assert_user_error(run("login"), "no keystore", "nodeai login --create")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 
 from nodeai.chain.jobs import ZERO_ADDRESS
 from nodeai.ipfs import EmbeddedKuboStore
@@ -97,14 +98,14 @@ ECHO_SPEC = {"spec_version": 1, "name": "echo-bot", "planner": {"kind": "rules",
 class Provider(threading.Thread):
     """The provider's side of one agent job, by hand: the real agent runtime executes it, the result goes on chain.
 
-    It opens the CLI's IPFS repo only while the CLI has it closed (between
-    pinning the input and reading the output), as two processes sharing one
-    kubo node would.
+    It has an IPFS node of its own, which the CLI's node dials (``NODEAI_IPFS_PEERS``)
+    as it would a real provider's: the input and the spec travel from the CLI's node
+    to this one, the output back, over loopback.
     """
 
-    def __init__(self, chain: Chain, home: Path, agent_id: int, workdir: Path):
+    def __init__(self, chain: Chain, store: EmbeddedKuboStore, agent_id: int, workdir: Path):
         super().__init__(daemon=True)
-        self.chain, self.home, self.agent_id, self.workdir = chain, home, agent_id, workdir
+        self.chain, self.store, self.agent_id, self.workdir = chain, store, agent_id, workdir
         self.error: BaseException | None = None
         self.result: Any = None
 
@@ -117,7 +118,7 @@ class Provider(threading.Thread):
     def _serve(self) -> None:
         from nodeai.agents import AgentRuntime
 
-        market = self.chain.market
+        market, store = self.chain.market, self.store
         start = self.chain.w3.eth.block_number
         market.send("provider", market.providers.functions.setModelPrice(self.agent_id, 2_000), "serve the agent")
         deadline = time.monotonic() + 60
@@ -129,13 +130,12 @@ class Provider(threading.Thread):
             assert time.monotonic() < deadline, "no job was created"
             time.sleep(0.1)
         job_id = created["jobId"]
-        with EmbeddedKuboStore(self.home / "ipfs", offline=True) as store:
-            doc = json.loads(store.get_bytes(created["inputCid"]))
-            assert doc["kind"] == "agent" and doc["agent_id"] == self.agent_id
-            runtime = AgentRuntime(self.workdir / "agents.db", artifacts=store)
-            result = runtime.run(store.get_bytes(doc["spec_cid"]), doc["input"], job_id=f"31337:{job_id}",
-                                 spec_cid=doc["spec_cid"])  # fmt: skip
-            output_cid = store.add_bytes(result.document_bytes())
+        doc = json.loads(store.get_bytes(created["inputCid"], timeout=30))
+        assert doc["kind"] == "agent" and doc["agent_id"] == self.agent_id
+        runtime = AgentRuntime(self.workdir / "agents.db", artifacts=store)
+        result = runtime.run(store.get_bytes(doc["spec_cid"], timeout=30), doc["input"], job_id=f"31337:{job_id}",
+                             spec_cid=doc["spec_cid"])  # fmt: skip
+        output_cid = store.add_bytes(result.document_bytes())
         self.result = result
         self.chain.sync_job(job_id)
         market.claim(job_id)
@@ -145,15 +145,20 @@ class Provider(threading.Thread):
         self.chain.advance(self.chain.deployment.params["challenge_window"] + 1)
 
 
-def test_agents_run_follows_the_job_until_settled(chain: Chain, wallet: str, home: Path, tmp_path: Path) -> None:
+def test_agents_run_follows_the_job_until_settled(chain: Chain, wallet: str, home: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     spec_file = tmp_path / "echo.json"
     spec_file.write_text(json.dumps(ECHO_SPEC))
-    agent = run_json("agents", "create", "echo-bot", "--spec", str(spec_file), "--budget", "5", "--model", str(chain.model_id))
-    provider = Provider(chain, home, agent["agent_id"], tmp_path)
-    provider.start()
-    before = chain.market.balance("requester")
-    result = run("agents", "run", "echo-bot", "--input", "Rebalance to 60/40", "--timeout", "45s")
-    provider.join(timeout=30)
+    with EmbeddedKuboStore(tmp_path / "provider-ipfs") as provider_store:
+        monkeypatch.setenv("NODEAI_IPFS_PEERS", provider_store.multiaddrs()[0])
+        agent = run_json("agents", "create", "echo-bot", "--spec", str(spec_file), "--budget", "5", "--model",
+                         str(chain.model_id))  # fmt: skip
+        provider = Provider(chain, provider_store, agent["agent_id"], tmp_path)
+        provider.start()
+        before = chain.market.balance("requester")
+        result = run("agents", "run", "echo-bot", "--input", "Rebalance to 60/40", "--timeout", "60s")
+        provider.join(timeout=30)
+        transcript = json.loads(provider_store.get_bytes(provider.result.transcript_cid)) if provider.result else None
     assert provider.error is None, provider.error
     assert result.exit_code == 0, result.stderr
     out = result.stdout
@@ -164,8 +169,6 @@ def test_agents_run_follows_the_job_until_settled(chain: Chain, wallet: str, hom
 
     from nodeai.agents import verify_transcript
 
-    with EmbeddedKuboStore(home / "ipfs", offline=True) as store:
-        transcript = json.loads(store.get_bytes(provider.result.transcript_cid))
     verify_transcript(transcript, expected_root=provider.result.transcript_root)
 
 
