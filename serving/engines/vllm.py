@@ -76,6 +76,7 @@ from .base import (
     Usage,
 )
 from .hf_checkpoint import MIN_HEAD_SIZE, REPO_ROOT, checkpoint_head_size, default_vllm_python
+from .orphan_guard import guarded_popen
 
 __all__ = [
     "FORWARDED_PATHS",
@@ -293,8 +294,8 @@ def select_metric_families(text: str, prefixes: tuple[str, ...] = ("vllm:",)) ->
 # --- processes --------------------------------------------------------------------------------------
 
 
-def process_group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+def process_group_members(pgid: int, parent: int | None = None) -> list[int]:
+    """Live (non-zombie) processes of a process group (only the children of ``parent`` if given), read from /proc."""
     members = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -307,7 +308,8 @@ def process_group_members(pgid: int) -> list[int]:
         # NOTE: the command name (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            members.append(int(entry.name))
+            if parent is None or int(fields[1]) == parent:
+                members.append(int(entry.name))
     return members
 
 
@@ -397,6 +399,8 @@ class VllmEngine(Engine):
         self._log_path: Path | None = None
         self._supervisor: threading.Thread | None = None
         self._finalizer: weakref.finalize | None = None
+        self._guard_fd: int | None = None
+        """Write end of the orphan guard's pipe (see orphan_guard.py)."""
         self._last_ok = 0.0
         self._sync = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -412,9 +416,16 @@ class VllmEngine(Engine):
 
     @property
     def pid(self) -> int | None:
-        """PID of the running API server process (also its process group id)."""
+        """PID of the process group's leader: the orphan guard that runs the API server."""
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def server_pid(self) -> int | None:
+        """PID of the vLLM API server itself (the guard's child), while it runs."""
+        guard = self.pid
+        children = process_group_members(guard, parent=guard) if guard is not None else []
+        return children[0] if children else None
 
     @property
     def base_url(self) -> str:
@@ -528,11 +539,11 @@ class VllmEngine(Engine):
             with self._log_path.open("ab") as logf:
                 logf.write(f"\n==== nodeai: starting vLLM at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
                 logf.flush()
-                # NOTE: a new session = a new process group holding the API server,
-                # its engine core and workers, so one killpg stops them all.
-                self._proc = subprocess.Popen(
-                    self._command(python), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    env=env, cwd=cache, start_new_session=True,
+                # NOTE: a new session = a new process group holding the guard, the API
+                # server, its engine core and workers, so one killpg stops them all; the
+                # guard stops the group by itself if this process dies without close().
+                self._proc, self._guard_fd = guarded_popen(
+                    python, self._command(python), stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=cache,
                 )  # fmt: skip
             # NOTE: if this object is dropped or the interpreter exits without close(),
             # the 4 GB server must not outlive it.
@@ -658,6 +669,9 @@ class VllmEngine(Engine):
             return
         _kill_group(proc.pid, proc, self.config.term_grace_s)
         proc.poll()
+        guard_fd, self._guard_fd = self._guard_fd, None
+        if guard_fd is not None:
+            os.close(guard_fd)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -909,9 +923,11 @@ class VllmEngine(Engine):
 
 
 def _exit_text(code: int) -> str:
-    if code < 0:
+    # NOTE: the orphan guard reports a server killed by signal N as 128 + N, as a shell does.
+    signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+    if signum is not None:
         try:
-            return f"signal {signal.Signals(-code).name}"
+            return f"signal {signal.Signals(signum).name}"
         except ValueError:
-            return f"signal {-code}"
+            return f"signal {signum}"
     return f"exit code {code}"

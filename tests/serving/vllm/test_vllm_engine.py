@@ -159,9 +159,9 @@ def test_pass_through_and_metrics(engine: VllmEngine, loop: LoopThread) -> None:
 
 
 def test_supervisor_restarts_vllm_after_sigkill(engine: VllmEngine, loop: LoopThread) -> None:
-    old = engine.pid
-    assert old is not None and engine.restarts == 0
-    os.kill(old, signal.SIGKILL)
+    old, server = engine.pid, engine.server_pid
+    assert old is not None and server is not None and engine.restarts == 0
+    os.kill(server, signal.SIGKILL)
     # Requests made while it is down fail fast with a 503-type error, they do not hang.
     with pytest.raises(EngineUnavailable):
         for _ in range(100):
@@ -185,10 +185,10 @@ def test_supervisor_restarts_vllm_after_sigkill(engine: VllmEngine, loop: LoopTh
 
 
 def test_supervisor_restarts_a_hung_vllm(engine: VllmEngine, loop: LoopThread) -> None:
-    hung = engine.pid
-    assert hung is not None
+    hung, server = engine.pid, engine.server_pid
+    assert hung is not None and server is not None
     # A stopped API server still accepts connections (the kernel queues them) but never answers.
-    os.kill(hung, signal.SIGSTOP)
+    os.kill(server, signal.SIGSTOP)
     deadline = time.monotonic() + 180
     while engine.restarts < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
