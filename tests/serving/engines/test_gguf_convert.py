@@ -1,0 +1,46 @@
+"""Converting a GGUF model's weights once (llama.cpp's quantizer) and reusing the cached result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodeai.errors import InvalidGenerationParams
+from nodeai.serving.engines import packaged
+from nodeai.serving.engines.gguf_convert import converted_model
+from nodeai.serving.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from nodeai.serving.engines.base import GenerationRequest, SamplingParams
+
+
+def test_q8_0_conversion_is_cached_and_answers(tmp_path: Path) -> None:
+    source = packaged.smollm2_gguf()
+    target = converted_model(source, "Q8_0", tmp_path)
+    assert target.parent == tmp_path / "gguf" and target.name.endswith(".q8_0.gguf")
+    # Q8_0 holds 8.5 bits a weight, Q4_1 5: the file grows by about half.
+    assert 1.3 < target.stat().st_size / source.stat().st_size < 1.7
+    before = target.stat().st_mtime_ns
+    assert converted_model(source, "Q8_0", tmp_path) == target and target.stat().st_mtime_ns == before
+    assert not list(target.parent.glob("*.part"))  # no temporary file left behind
+
+    engine = LlamaCppEngine(LlamaCppConfig(n_ctx=256, n_seq_max=1, convert_weights="Q8_0", cache_dir=tmp_path))
+    engine.start_sync()
+    try:
+        done = engine.complete_sync(GenerationRequest(
+            model=engine.config.model_id, prompt="The capital of France is",
+            params=SamplingParams(max_tokens=4, temperature=0.0)))  # fmt: skip
+    finally:
+        engine.close_sync()
+    assert "Paris" in done.text
+
+
+def test_bad_conversions_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(InvalidGenerationParams, match="use one of Q8_0, F16 or None"):
+        converted_model(packaged.smollm2_gguf(), "Q2_K", tmp_path)
+    junk = tmp_path / "not-a-model.gguf"
+    junk.write_bytes(b"hello" * 100)
+    with pytest.raises(InvalidGenerationParams, match="could not convert .* Set convert_weights to None"):
+        converted_model(junk, "Q8_0", tmp_path)
+    assert not list((tmp_path / "gguf").glob("*"))
+    with pytest.raises(InvalidGenerationParams, match="is not a file"):
+        converted_model(tmp_path / "missing.gguf", "Q8_0", tmp_path)
