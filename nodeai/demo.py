@@ -239,6 +239,11 @@ class DaemonRunner:
             raise self.error
         return self
 
+    @property
+    def alive(self) -> bool:
+        """The daemon's thread still runs (it ends only when stopped or when the daemon failed)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 60.0) -> None:
         if self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)

@@ -1,7 +1,8 @@
 """NodeAI Hub demo: the whole marketplace end to end, on one machine, with the embedded defaults.
 
     .venv/bin/python scripts/demo.py                  # ~25 s on an idle 2-core machine; stops everything, exit 0
-    .venv/bin/python scripts/demo.py --keep-running   # then open the explorer; Ctrl-C stops it
+    .venv/bin/python scripts/demo.py --keep-running   # then the marketplace is yours; Ctrl-C / SIGTERM stops it
+    nodeai dev up --workdir ~/nodeai-local            # the same in the background (docs/quickstart.md)
 
 Everything is real: an anvil chain it starts, the Vyper contracts, three
 in-process IPFS (kubo) nodes talking over loopback, SmolLM2-135M-Instruct on
@@ -24,6 +25,10 @@ with its explorer and the `nodeai` CLI.
 6. settlement the consumer proves its receipt on chain; every balance equals what
               nodeai/chain/fees.py predicts, to the unit
 7. explore    the indexer and its explorer, CLI commands to try
+8. serve      (--keep-running) the daemon restarts to settle every request at once, the chain
+              mines a block a second (challenge windows end), every agent registered on the
+              model is served (the daemon restarts with it), and WORKDIR/env.sh and local.json
+              say where everything is; they are removed when it stops
 
 Exit codes: 0 all checks held, 1 a check failed or a component broke (the
 message says which; logs stay in the work folder), 130 interrupted.
@@ -112,6 +117,7 @@ class Demo:
     keystore: Path | None = None
     receipts: list[Any] = field(default_factory=list)
     inference_paid: dict[int, int] = field(default_factory=dict)  # model id -> charged total
+    receipts_per_root: int = len(QUESTIONS) + 1  # the chats and one embeddings request: one root for the demo
     agent_id: int = 0
     job_id: int = 0
     job_charge: int = 0
@@ -349,7 +355,7 @@ def start_daemon(d: Demo, what: str) -> None:
         state_dir=pdir / "state", rpc_url=d.anvil.url, chain_id=d.deployment.chain_id, deployments=d.deployments_file,
         keystore=d.keystore, password_file=d.password_file, endpoint=d.gateway.base_url, peer_id=d.provider_ipfs.peer_id,
         stake=STAKE, offers=d.offers, gateway_store=pdir / "gateway.db", ipfs_peers=d.publisher_ipfs.multiaddrs()[:1],
-        receipts_per_root=len(QUESTIONS) + 1))  # the chats and one embeddings request  # fmt: skip
+        receipts_per_root=d.receipts_per_root))  # fmt: skip
     config = load_config(d.node_config, environ={})
     configure_logging(config.logging.level, config.logging.json_format, config.log_path, stderr=False)
     account = load_account(config.keystore.path, resolve_password(file=config.keystore.password_file, env_var=None,
@@ -709,23 +715,115 @@ def is_service_error(exc: BaseException) -> bool:
     return isinstance(exc, tuple(kinds))
 
 
-def wait_for_interrupt() -> None:
-    """Until Ctrl-C or SIGTERM (also when the shell started the demo with SIGINT ignored, as `&` does)."""
+def interruptible() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the demo stops anvil, the indexer and the rest itself.
+
+    Also when the shell started the demo with SIGINT ignored (as `&` does), and for
+    `nodeai dev down` and test clean-ups, which send SIGTERM. The Go runtime of the
+    embedded kubo library installs its own SIGTERM handler when a node starts (and
+    then SIGTERM did nothing visible), so this is called again after each step.
+    """
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+
+
+# -- 8. serve (--keep-running) -----------------------------------------------------------------------------------
+ENV_FILE, STATE_FILE = "env.sh", "local.json"
+
+
+def local_env(d: Demo) -> dict[str, str]:
+    """What a user's shell and the `nodeai` CLI need to use this marketplace."""
+    return {
+        "NODEAI_RPC_URL": d.anvil.url, "NODEAI_CHAIN_ID": str(d.deployment.chain_id),
+        "NODEAI_DEPLOYMENTS": str(d.deployments_file), "NODEAI_INDEXER_URL": d.indexer_url,
+        "NODEAI_EXPLORER_URL": f"{d.indexer_url}/explorer/", "NODEAI_GATEWAY_URL": d.gateway.url,
+        "NODEAI_PROVIDER": d.provider, "NODEAI_MODEL": MODEL_NAME, "NODEAI_MODEL_ID": str(d.model_id),
+        "NODEAI_ESCROW": d.market.escrow.address, "NODEAI_IPFS_PEERS": d.provider_ipfs.multiaddrs()[0],
+        "NODEAI_LOCAL_PID": str(os.getpid()),
+    }  # fmt: skip
+
+
+def write_local_files(d: Demo) -> tuple[Path, Path]:
+    """``env.sh`` to source and ``local.json`` (the same, plus PIDs), written last: `nodeai dev up` waits for them."""
+    import shlex
+
+    env = local_env(d)
+    env_file, state_file = d.workdir / ENV_FILE, d.workdir / STATE_FILE
+    lines = [f"# The local NodeAI marketplace of `scripts/demo.py --keep-running` (pid {os.getpid()}): "
+             f"source {env_file}", *(f"export {k}={shlex.quote(v)}" for k, v in env.items())]
+    state = {"pid": os.getpid(), "workdir": str(d.workdir), "env": env, "price": tusd(PRICE),
+             "child_pids": {"anvil": d.anvil.process.pid, "indexer": d.indexer.pid}}  # type: ignore[union-attr]  # fmt: skip
+    for path, text in ((env_file, "\n".join(lines) + "\n"), (state_file, json.dumps(state, indent=2) + "\n")):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return env_file, state_file
+
+
+def remove_local_files(workdir: Path) -> None:
+    for name in (ENV_FILE, STATE_FILE):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def step_serve(d: Demo) -> None:
+    """The marketplace handed over to the user: settle at once, a moving clock, env.sh written."""
+    d.t.section("8. serve: the marketplace stays up for you")
+    # NOTE: the demo batched its 4 receipts into one root; a user's single request should be
+    # provable within seconds, so the daemon now commits a root for every receipt.
+    stop_daemon(d)
+    d.receipts_per_root = 1
+    start_daemon(d, "restarted to commit a receipt root per receipt and redeem vouchers at once")
+    env_file, _ = write_local_files(d)
+    d.t.say(f"the chain mines a block every second from now on, so challenge windows end on time;\n"
+            f"the provider serves every agent registered on model #{d.model_id} (it restarts to add one)\n"
+            f"use it: `source {env_file}` (NODEAI_RPC_URL, NODEAI_GATEWAY_URL, NODEAI_PROVIDER, NODEAI_MODEL, ...)")
+
+
+def serve(d: Demo) -> None:
+    """Until Ctrl-C or SIGTERM: a block a second, every new agent on the provider's model served."""
+    registry = d.market.models
+    last = d.w3.eth.block_number
+    print(f"\neverything keeps running; Ctrl-C (or `kill {os.getpid()}`, or `nodeai dev down`) stops it", flush=True)
     try:
         while True:
-            time.sleep(3600)
+            interruptible()  # NOTE: a restarted daemon may have started things that took the handlers over
+            time.sleep(1)
+            # NOTE: anvil mines only on transactions; without blocks the chain's clock stands still and a
+            # challenge window never ends (the daemon and `nodeai agents run` read time from the head).
+            d.w3.provider.make_request("evm_mine", [])
+            head = d.w3.eth.block_number
+            for log in registry.events.ModelRegistered().get_logs(from_block=last + 1, to_block=head):
+                serve_agent(d, log["args"])
+            last = head
+            d.t.flush()
+            d.indexer.check_alive()  # type: ignore[union-attr]
+            if d.runner is None or not d.runner.alive:
+                raise DemoFailed(f"the provider daemon stopped: see {d.workdir / 'provider' / 'state' / 'node.log'}")
     except KeyboardInterrupt:
         print("stopping", flush=True)
 
 
+def serve_agent(d: Demo, args: Any) -> None:
+    """A newly registered agent: served (the daemon restarts with it in node.toml) if it runs on our model."""
+    agent_id, owner = args["modelId"], args["owner"]
+    if args["kind"] != 1 or any(offer[0] == agent_id for offer in d.offers):
+        return
+    if args["baseModelId"] != d.model_id:
+        d.t.say(f"agent #{agent_id} of {owner} runs on model #{args['baseModelId']}, which this provider does not "
+                f"serve: not added")
+        return
+    stop_daemon(d)
+    d.offers.append((agent_id, PRICE, None))
+    start_daemon(d, f"agent #{agent_id} of {owner} added to node.toml at {tusd(PRICE)} per 1k tokens")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    interruptible()
     keep_workdir = args.workdir is not None
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="nodeai-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -737,12 +835,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         d = Demo(t, workdir, stack, max(1, args.threads))
         try:
-            step_chain(d)
-            step_publisher(d)
-            step_provider(d)
-            step_inference(d)
-            step_agent(d)
-            step_settlement(d)
+            for step in (step_chain, step_publisher, step_provider, step_inference, step_agent, step_settlement):
+                step(d)
+                interruptible()  # NOTE: again after each step: a kubo node that starts takes SIGTERM over
             commands = step_explore(d)
             total = t.elapsed
             durations = t.durations()
@@ -753,8 +848,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  gateway    {d.gateway.base_url}   (OpenAI-compatible; pay with vouchers, see serving/client.py)")
             print("  try        " + "\n             ".join(commands))
             if args.keep_running:
-                print("\neverything keeps running; Ctrl-C stops it", flush=True)
-                wait_for_interrupt()
+                step_serve(d)
+                serve(d)
             else:
                 print("\n(these commands need the services: run `.venv/bin/python scripts/demo.py --keep-running` "
                       "to keep them up)")
@@ -771,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted", file=sys.stderr)
             code = 130
         finally:
+            remove_local_files(workdir)
             d.summary["ok"] = code == 0
             if args.summary is not None:
                 args.summary.write_text(json.dumps(d.summary, indent=2, default=str))

@@ -283,7 +283,7 @@ def _print_result(result: dict[str, Any], view: JobView) -> None:
     output = result.get("output")
     click.echo("result:")
     click.echo("  " + (output if isinstance(output, str) else json.dumps(output, indent=2)).replace("\n", "\n  "))
-    if result.get("status") not in (None, "ok"):
+    if result.get("status") not in (None, "ok", "succeeded"):
         click.echo(f"status: {result.get('status')} ({result.get('reason')})")
     click.echo(f"transcript: {result.get('transcript_cid') or 'not published by the provider'}")
 
