@@ -11,8 +11,12 @@ charged for and what the signed receipt states.
 from __future__ import annotations
 
 import abc
+import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal, Sequence
+
+from nodeai.errors import EngineUnavailable
 
 ModelKind = Literal["generate", "embed"]
 FinishReason = Literal["stop", "length"]
@@ -129,3 +133,69 @@ class Engine(abc.ABC):
 
     async def embed(self, model: str, inputs: Sequence[str]) -> Embeddings:
         raise NotImplementedError(f"engine {self.name!r} serves no embedding model {model!r}")
+
+
+class WorkerEngine(Engine):
+    """An engine that loads its model once and serves it from one worker thread.
+
+    The life cycle is written here once: ``start``/``start_sync`` load and start
+    the worker (idempotent; refused after ``close``), ``close``/``close_sync``
+    stop it (idempotent) and fail whatever was still queued. Subclasses give
+    ``_load`` (runs under the lock, before the worker starts), ``_worker``,
+    ``_wake_worker`` (make the worker see ``_stopping``) and ``_after_close``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self._failure: str | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.start_sync)
+
+    def start_sync(self) -> None:
+        """Load the model and start the worker thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                raise EngineUnavailable(self.name, "it was closed; create a new engine")
+            if self._thread is not None:
+                return
+            self._load()
+            self._thread = threading.Thread(target=self._worker, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
+        """Stop the worker, fail what is queued, free the model (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._stopping = True
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._wake_worker()
+            thread.join()
+        self._after_close()
+
+    def _worker_health(self, detail: str) -> EngineHealth:
+        """Health from the worker's state; ``detail`` describes a healthy engine."""
+        if self._failure is not None:
+            return EngineHealth(False, f"worker failed: {self._failure}")
+        if self._thread is None or not self._thread.is_alive():
+            return EngineHealth(False, "closed" if self._closed else "not started")
+        return EngineHealth(True, detail)
+
+    @abc.abstractmethod
+    def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    def _worker(self) -> None: ...
+
+    @abc.abstractmethod
+    def _wake_worker(self) -> None: ...
+
+    @abc.abstractmethod
+    def _after_close(self) -> None: ...

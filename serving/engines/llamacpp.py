@@ -62,13 +62,13 @@ from .base import (
     Completion,
     Delta,
     Embeddings,
-    Engine,
     EngineHealth,
     FinishReason,
     GenerationRequest,
     ModelCard,
     SamplingParams,
     Usage,
+    WorkerEngine,
 )
 
 __all__ = [
@@ -644,21 +644,17 @@ class EngineStats:
     """Wall time of whole steps (decode, sampling, detokenising, handing out deltas)."""
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(WorkerEngine):
     """A GGUF model served with continuous batching on one worker thread."""
 
     name = "llama.cpp"
 
     def __init__(self, config: LlamaCppConfig | None = None) -> None:
+        super().__init__()
         self.config = config or LlamaCppConfig()
         self.stats = EngineStats()
-        self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[_Sequence | object] = queue.SimpleQueue()
         self._model: _Model | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
-        self._failure: str | None = None
         self._formatter: Any = None
         self._grammar_cache: dict[str, str] = {}
 
@@ -673,65 +669,40 @@ class LlamaCppEngine(Engine):
         """Most tokens (prompt + completion) one request may use."""
         return self._require_model().n_ctx_seq
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self.start_sync)
+    def _load(self) -> None:
+        path = Path(self.config.model_path or packaged.smollm2_gguf())
+        if not self.config.verbose:
+            # NOTE: llama-cpp-python prints every llama.cpp log line (loading,
+            # converting) unless its logger is raised above INFO (what
+            # `Llama(verbose=False)` does).
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        if self.config.convert_weights is not None:
+            path = converted_model(path, self.config.convert_weights, self.config.cache_dir, _llama())
+        self._model = _Model(self.config, path)
+        if self._model.chat_template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
 
-    def start_sync(self) -> None:
-        """Load the model and start the worker thread (idempotent)."""
-        with self._lock:
-            if self._closed:
-                raise EngineUnavailable(self.name, "it was closed; create a new engine")
-            if self._thread is not None:
-                return
-            path = Path(self.config.model_path or packaged.smollm2_gguf())
-            if not self.config.verbose:
-                # NOTE: llama-cpp-python prints every llama.cpp log line (loading,
-                # converting) unless its logger is raised above INFO (what
-                # `Llama(verbose=False)` does).
-                logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-            if self.config.convert_weights is not None:
-                path = converted_model(path, self.config.convert_weights, self.config.cache_dir, _llama())
-            self._model = _Model(self.config, path)
-            if self._model.chat_template:
-                from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+            # NOTE: the same renderer llama-cpp-python uses for a GGUF's own
+            # template (sandboxed jinja2, HF's tojson and extensions).
+            self._formatter = Jinja2ChatFormatter(
+                template=self._model.chat_template,
+                eos_token=self._model.eos_text,
+                bos_token=self._model.bos_text,
+                add_generation_prompt=True,
+            )
 
-                # NOTE: the same renderer llama-cpp-python uses for a GGUF's own
-                # template (sandboxed jinja2, HF's tojson and extensions).
-                self._formatter = Jinja2ChatFormatter(
-                    template=self._model.chat_template,
-                    eos_token=self._model.eos_text,
-                    bos_token=self._model.bos_text,
-                    add_generation_prompt=True,
-                )
-            self._thread = threading.Thread(target=self._worker, name=f"{self.name}-worker", daemon=True)
-            self._thread.start()
+    def _wake_worker(self) -> None:
+        self._inbox.put(_WAKE)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.close_sync)
-
-    def close_sync(self) -> None:
-        """Stop the worker, fail what is queued or running, free the model (idempotent)."""
-        with self._lock:
-            self._closed = True
-            self._stopping = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._inbox.put(_WAKE)
-            thread.join()
+    def _after_close(self) -> None:
         self._drain_inbox("the engine was closed")
         if self._model is not None:
             self._model.close()
             self._model = None
 
     async def health(self) -> EngineHealth:
-        if self._failure is not None:
-            return EngineHealth(False, f"worker failed: {self._failure}")
-        if self._thread is None or not self._thread.is_alive():
-            return EngineHealth(False, "closed" if self._closed else "not started")
         s = self.stats
-        return EngineHealth(
-            True, f"{s.steps} steps, {s.tokens_decoded} tokens decoded, {s.sequences_finished} requests served"
-        )
+        return self._worker_health(f"{s.steps} steps, {s.tokens_decoded} tokens decoded, {s.sequences_finished} requests served")
 
     # -- prompts
 

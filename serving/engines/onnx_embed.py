@@ -20,7 +20,6 @@ import concurrent.futures
 import logging
 import os
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy.typing as npt
 from nodeai.errors import EngineUnavailable, InvalidGenerationParams, ModelNotServed
 
 from . import packaged
-from .base import Completion, Delta, Embeddings, Engine, EngineHealth, GenerationRequest, ModelCard
+from .base import Completion, Delta, Embeddings, EngineHealth, GenerationRequest, ModelCard, WorkerEngine
 
 __all__ = ["OnnxEmbeddingConfig", "OnnxEmbeddingEngine", "plan_batches", "mean_pool_normalize"]
 
@@ -123,21 +122,18 @@ class _Job:
 _STOP = object()
 
 
-class OnnxEmbeddingEngine(Engine):
+class OnnxEmbeddingEngine(WorkerEngine):
     """all-MiniLM-L6-v2 (or any BERT-style ONNX encoder) with micro-batching."""
 
     name = "onnx-embed"
 
     def __init__(self, config: OnnxEmbeddingConfig | None = None) -> None:
+        super().__init__()
         self.config = config or OnnxEmbeddingConfig()
-        self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._session: object | None = None  # onnxruntime.InferenceSession once started
         self._tokenizer: object | None = None  # tokenizers.Tokenizer once started
         self._input_names: frozenset[str] = frozenset()
-        self._closed = False
-        self._failure: str | None = None
         self._last_round = 2  # requests in the worker's last round (start by waiting)
         self.batches_run = 0
         """ONNX runs so far (tests and metrics read it to see batching happen)."""
@@ -148,21 +144,8 @@ class OnnxEmbeddingEngine(Engine):
     def models(self) -> list[ModelCard]:
         return [ModelCard(id=self.config.model_id, kind="embed", context_length=self.config.max_length)]
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self.start_sync)
-
-    def start_sync(self) -> None:
-        """Load the tokenizer and ONNX session and start the worker (idempotent)."""
-        with self._lock:
-            if self._closed:
-                raise EngineUnavailable(self.name, "it was closed; create a new engine")
-            if self._thread is not None:
-                return
-            self._load()
-            self._thread = threading.Thread(target=self._worker, name=f"{self.name}-worker", daemon=True)
-            self._thread.start()
-
     def _load(self) -> None:
+        """Load the tokenizer and the ONNX session."""
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -195,25 +178,14 @@ class OnnxEmbeddingEngine(Engine):
             )
         self._tokenizer, self._session, self._input_names = tokenizer, session, names
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.close_sync)
+    def _wake_worker(self) -> None:
+        self._jobs.put(_STOP)
 
-    def close_sync(self) -> None:
-        """Stop the worker; requests still queued fail with `EngineUnavailable` (idempotent)."""
-        with self._lock:
-            self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._jobs.put(_STOP)
-            thread.join()
+    def _after_close(self) -> None:
         self._fail_queued("the engine was closed")
 
     async def health(self) -> EngineHealth:
-        if self._failure is not None:
-            return EngineHealth(False, f"worker failed: {self._failure}")
-        if self._thread is None or not self._thread.is_alive():
-            return EngineHealth(False, "not started" if not self._closed else "closed")
-        return EngineHealth(True, f"{self.batches_run} batches, {self.inputs_embedded} inputs embedded")
+        return self._worker_health(f"{self.batches_run} batches, {self.inputs_embedded} inputs embedded")
 
     # -- requests
 

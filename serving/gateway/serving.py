@@ -20,7 +20,7 @@ import struct
 import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
 from pydantic import BaseModel
@@ -288,18 +288,12 @@ class GatewayService:
         gen = self._completion_request(req)
         self._check_input([gen.prompt or ""], "prompt")
         gen, prompt_tokens = self._prepare(gen, served, req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        charge = await self.authorizer.authorize(headers, served.card.id, served.model_id, prompt_tokens,
-                                                 gen.params.max_tokens)
-        response_id = "cmpl-" + secrets.token_hex(12)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._streamed(served, gen, charge, raw_body, response_id, started, include_usage, chat=False)
-        text, finish, usage = await self._complete(served, gen, charge)
-        receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
-        body = CompletionResponse(id=response_id, model=served.card.id,
-                                  choices=[CompletionChoice(text=text, finish_reason=finish)],
-                                  usage=self._usage(usage, receipt, total))
-        return Served(body, self._headers(receipt, total))
+
+        def body(response_id: str, text: str, finish: str, usage: UsageOut) -> CompletionResponse:
+            return CompletionResponse(id=response_id, model=served.card.id,
+                                      choices=[CompletionChoice(text=text, finish_reason=finish)], usage=usage)
+
+        return await self._generate(req, served, gen, prompt_tokens, raw_body, headers, started, "cmpl-", body)
 
     async def chat(self, req: ChatCompletionRequest, raw_body: Any, headers: Mapping[str, str]) -> Served | Streamed:
         started = time.perf_counter()
@@ -308,18 +302,27 @@ class GatewayService:
         self._check_input([m.content for m in gen.messages or ()], "messages")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         gen, prompt_tokens = self._prepare(gen, served, max_tokens, self.limits.default_max_tokens)
+
+        def body(response_id: str, text: str, finish: str, usage: UsageOut) -> ChatCompletionResponse:
+            return ChatCompletionResponse(id=response_id, model=served.card.id, usage=usage,
+                                          choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finish)])
+
+        return await self._generate(req, served, gen, prompt_tokens, raw_body, headers, started, "chatcmpl-", body)
+
+    async def _generate(self, req: CompletionRequest | ChatCompletionRequest, served: ServedModel,
+                        gen: GenerationRequest, prompt_tokens: int, raw_body: Any, headers: Mapping[str, str],
+                        started: float, id_prefix: str, body: Callable[[str, str, str, UsageOut], Any]) -> Served | Streamed:
+        """The paid path both APIs share: authorize, generate (streamed or whole), settle, answer."""
         charge = await self.authorizer.authorize(headers, served.card.id, served.model_id, prompt_tokens,
                                                  gen.params.max_tokens)
-        response_id = "chatcmpl-" + secrets.token_hex(12)
+        response_id = id_prefix + secrets.token_hex(12)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._streamed(served, gen, charge, raw_body, response_id, started, include_usage, chat=True)
+            chat = isinstance(req, ChatCompletionRequest)
+            return self._streamed(served, gen, charge, raw_body, response_id, started, include_usage, chat=chat)
         text, finish, usage = await self._complete(served, gen, charge)
         receipt, total = self._settle(charge, served, usage, raw_body, response_id, started)
-        body = ChatCompletionResponse(id=response_id, model=served.card.id,
-                                      choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finish)],
-                                      usage=self._usage(usage, receipt, total))
-        return Served(body, self._headers(receipt, total))
+        return Served(body(response_id, text, finish, self._usage(usage, receipt, total)), self._headers(receipt, total))
 
     async def _complete(self, served: ServedModel, gen: GenerationRequest, charge: Charge) -> tuple[str, str, Usage]:
         engine_started = time.perf_counter()
