@@ -213,3 +213,38 @@ def test_close_stops_every_process_even_mid_restart(engine: VllmEngine, loop: Lo
     with pytest.raises(EngineUnavailable, match="closed"):
         loop.run(engine.complete(prompt("Hi")))
     loop.run(engine.close())  # idempotent
+
+
+def test_vllm_dies_with_its_owner_even_when_the_owner_is_sigkilled() -> None:
+    import subprocess
+    import sys
+
+    owner_code = (
+        "import asyncio, time\n"
+        "from nodeai.serving.engines.vllm import VllmConfig, VllmEngine\n"
+        "e = VllmEngine(VllmConfig(startup_timeout_s=1500.0))\n"
+        "asyncio.run(e.start())\n"
+        "print(e.pid, flush=True)\n"
+        "time.sleep(3600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True)
+    pgid = 0
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()  # NOTE: blocks until vLLM answered its first completion
+        assert line.strip().isdigit(), f"the owner did not start vLLM (exit {owner.poll()})"
+        pgid = int(line)
+        assert len(process_group_members(pgid)) >= 3  # guard, API server, engine core
+        owner.kill()  # no close(), no finalizer, no atexit: only the guard can clean up
+        owner.wait()
+        deadline = time.monotonic() + 60
+        while process_group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert process_group_members(pgid) == []
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+        if pgid and process_group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)
