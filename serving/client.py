@@ -16,7 +16,10 @@ flight. ``VoucherAuth`` plugs it into ``openai.OpenAI`` (which runs on
 
 When the gateway answers 402 ``voucher_too_low`` (e.g. after the client lost
 its running total) the auth signs the amount the gateway asks for and retries
-once. ``wallet.settle(model)`` sends a voucher for exactly the running total
+once, but only if it asks for at most ``headroom`` above its total and that
+total is within what this wallet signed (a new wallet, without ``totals``
+kept from an earlier run, has to take the gateway's word once);
+``max_total`` caps what the wallet signs for a channel. ``wallet.settle(model)`` sends a voucher for exactly the running total
 (``POST /v1/nodeai/vouchers``), so the provider can redeem precisely what it
 charged. ``HttpxVoucherAuth`` is the same for plain ``httpx`` clients.
 
@@ -57,6 +60,7 @@ from .receipts import (
 
 __all__ = [
     "VoucherWallet",
+    "SpendLimitReached",
     "VoucherAuth",
     "HttpxVoucherAuth",
     "CHARGED_TOTAL_HEADER",
@@ -78,7 +82,7 @@ class VoucherWallet:
 
     def __init__(self, payer_key: bytes | str, provider: str, chain_id: int, escrow: str,
                  model_ids: Mapping[str, int], headroom: int | Mapping[int, int], valid_for: int = 3_600,
-                 clock=time.time):
+                 clock=time.time, totals: Mapping[int, int] | None = None, max_total: int | None = None):
         raw = bytes.fromhex(payer_key.removeprefix("0x")) if isinstance(payer_key, str) else bytes(payer_key)
         self._key = PrivateKey(raw)
         self.payer = checksum("0x" + keccak256(self._key.public_key.format(compressed=False)[1:])[-20:].hex())
@@ -87,8 +91,15 @@ class VoucherWallet:
         self.model_ids = dict(model_ids)
         self.headroom = headroom
         self.valid_for, self.clock = valid_for, clock
-        self.totals: dict[int, int] = {}
-        """The charged total per model id, as last reported by the gateway."""
+        self.totals: dict[int, int] = dict(totals or {})
+        """The charged total per model id: ``totals`` given (e.g. kept from an earlier run), then as
+        reported by the gateway, within what this wallet signed."""
+        self.max_total = max_total
+        """The most this wallet signs for one channel (None: up to the deposit, which bounds it on chain)."""
+        self._signed: dict[int, int] = dict(self.totals)
+        """The highest cumulative amount signed per model id (or known from ``totals``)."""
+        self._learned: set[int] = set(self.totals)
+        """Model ids whose running total this wallet knows (given, or reported once)."""
         self._in_flight: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -97,6 +108,10 @@ class VoucherWallet:
 
     def sign(self, model_id: int, cumulative: int) -> str:
         """The ``X-NodeAI-Voucher`` value of a voucher for ``cumulative`` (coincurve signature, low s)."""
+        if self.max_total is not None and cumulative > self.max_total:
+            raise SpendLimitReached(model_id, cumulative, self.max_total)
+        with self._lock:
+            self._signed[model_id] = max(self._signed.get(model_id, 0), cumulative)
         voucher = Voucher(self.payer, self.provider, model_id, cumulative, int(self.clock()) + self.valid_for)
         raw = self._key.sign_recoverable(voucher_digest_fast(voucher, self.chain_id, self.escrow), hasher=None)
         return encode_voucher_header(voucher, raw[:64] + bytes([raw[64] + 27]), self.chain_id, self.escrow)
@@ -112,10 +127,23 @@ class VoucherWallet:
         with self._lock:
             self._in_flight[model_id] = max(0, self._in_flight.get(model_id, 0) - 1)
 
-    def observe(self, model_id: int, charged_total: int) -> None:
-        """Record a total the gateway reported (totals only grow; an older report is ignored)."""
+    def observe(self, model_id: int, charged_total: int) -> bool:
+        """Record a total the gateway reported (totals only grow; an older report is ignored).
+
+        # NOTE: a gateway cannot have charged more than the vouchers it was given
+        # cover, so a total above the highest amount this wallet signed is refused
+        # (False): taking it would make the next voucher pay for requests never
+        # served. The one exception is a channel this wallet knows nothing of
+        # (a new process without ``totals``): there the gateway's word is the
+        # only record, as in any payment channel whose payer lost its state."""
         with self._lock:
+            signed = self._signed.get(model_id, 0)
+            if model_id in self._learned and charged_total > signed:
+                return False
+            self._learned.add(model_id)
+            self._signed[model_id] = max(signed, charged_total)
             self.totals[model_id] = max(self.totals.get(model_id, 0), charged_total)
+            return True
 
     def default_headers(self, model: str) -> dict[str, str]:
         """Headers for one request to ``model`` (``extra_headers=``), without tracking it in flight."""
@@ -161,10 +189,26 @@ class VoucherWallet:
             if error.get("code") != "voucher_too_low":
                 return None
             details = error["nodeai"]
-            self.observe(model_id, int(details["charged_total"]))
-            return int(details["required_cumulative"])
+            charged, required = int(details["charged_total"]), int(details["required_cumulative"])
         except (ValueError, KeyError, TypeError):
             return None
+        # NOTE: the gateway asks for its total plus this request's maximum price; more than
+        # the headroom the payer allows one request, or a total this wallet never signed
+        # for, goes back to the caller as the 402 it is.
+        if not self.observe(model_id, charged) or required - charged > self._headroom(model_id):
+            return None
+        if self.max_total is not None and required > self.max_total:
+            return None
+        return required
+
+
+class SpendLimitReached(ValueError):
+    """A voucher would pass the wallet's ``max_total`` for the channel."""
+
+    def __init__(self, model_id: int, cumulative: int, limit: int):
+        super().__init__(f"a voucher for {cumulative} on model {model_id} would pass this wallet's limit of "
+                         f"{limit} per channel: raise max_total to pay for more")
+        self.model_id, self.cumulative, self.limit = model_id, cumulative, limit
 
 
 class _SniffTotal:

@@ -16,7 +16,8 @@ import httpx
 import httpx2
 import pytest
 
-from nodeai.serving.client import CHARGED_TOTAL_HEADER, HttpxVoucherAuth, VoucherAuth, VoucherWallet
+from nodeai.serving.client import (CHARGED_TOTAL_HEADER, HttpxVoucherAuth, SpendLimitReached, VoucherAuth,
+                                   VoucherWallet)
 from nodeai.serving.payments import VOUCHER_HEADER, decode_voucher_header
 
 PAYER_KEY = "0x" + "22" * 32
@@ -127,11 +128,11 @@ MODES = ["sync", "async"]
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("lib, auth_type", LIBS)
 def test_a_request_pays_total_plus_headroom_and_learns_the_new_total(lib: Any, auth_type: type, mode: str) -> None:
-    w, server = wallet(), Server(ok(3), ok(9))
+    w, server = wallet(), Server(ok(3), ok(8))
     assert run(lib, auth_type, mode, server, w).status_code == 200
     assert run(lib, auth_type, mode, server, w).status_code == 200
     assert server.vouchers == [HEADROOM, 3 + HEADROOM]
-    assert w.totals == {MODEL_ID: 9} and w._in_flight == {MODEL_ID: 0}
+    assert w.totals == {MODEL_ID: 8} and w._in_flight == {MODEL_ID: 0}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -200,3 +201,37 @@ def test_default_headers_and_settle_sign_the_running_total() -> None:
     with httpx.Client(transport=httpx.MockTransport(handle)) as client:
         assert w.settle("http://gw/", MODEL, client) == {"charged_total": "20"}
     assert seen == [20] and w.totals == {MODEL_ID: 20}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lib, auth_type", LIBS)
+def test_a_gateway_cannot_talk_the_wallet_into_paying_more(lib: Any, auth_type: type, mode: str) -> None:
+    # asking for more than the headroom above its total: the 402 goes back to the caller, nothing signed
+    w, server = wallet(), Server(too_low(40, 40 + HEADROOM + 1))
+    assert run(lib, auth_type, mode, server, w).status_code == 402
+    assert server.vouchers == [HEADROOM] and w._in_flight == {MODEL_ID: 0}
+
+    # once the wallet knows its total, a reported total above what it ever signed is refused
+    w = wallet()
+    assert run(lib, auth_type, mode, Server(ok(3)), w).status_code == 200
+    server = Server(too_low(1_000, 1_002))
+    assert run(lib, auth_type, mode, server, w).status_code == 402
+    assert server.vouchers == [3 + HEADROOM] and w.totals == {MODEL_ID: 3}
+    assert run(lib, auth_type, mode, Server(ok(900)), w).status_code == 200  # an inflated total in a header
+    assert w.totals == {MODEL_ID: 3}
+
+    # totals kept from an earlier run count as known
+    w = VoucherWallet(PAYER_KEY, PROVIDER, 31337, ESCROW, {MODEL: MODEL_ID}, headroom=HEADROOM,
+                      clock=lambda: 1_000_000, totals={MODEL_ID: 20})
+    server = Server(too_low(60, 62))
+    assert run(lib, auth_type, mode, server, w).status_code == 402
+    assert server.vouchers == [20 + HEADROOM] and w.totals == {MODEL_ID: 20}
+
+
+def test_max_total_caps_what_the_wallet_signs() -> None:
+    w = VoucherWallet(PAYER_KEY, PROVIDER, 31337, ESCROW, {MODEL: MODEL_ID}, headroom=HEADROOM,
+                      clock=lambda: 1_000_000, max_total=12)
+    assert cumulative(httpx.Request("POST", "http://gw", headers=w.default_headers(MODEL))) == HEADROOM
+    w.observe(MODEL_ID, 8)
+    with pytest.raises(SpendLimitReached, match="would pass this wallet's limit of 12 per channel"):
+        w.default_headers(MODEL)

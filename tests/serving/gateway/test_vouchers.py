@@ -251,10 +251,11 @@ def test_a_restarted_gateway_still_refuses_a_replayed_voucher(paid: Paid, llm_en
 
 def test_a_client_that_lost_its_total_is_resynced_by_the_402(paid: Paid) -> None:
     # a new wallet of a payer the gateway already charged knows no totals: its first voucher is too low,
-    # and the auth retries once with the amount the 402 asks for
+    # and the auth retries once with the amount the 402 asks for (within its headroom: 3 is this
+    # request's maximum price, less than the total already charged plus it)
     earlier = paid.openai(paid.wallet()).embeddings.create(model=EMBEDDER, input="charged before")
     charged = int(earlier.usage.model_extra["nodeai_charged_total"])
-    wallet = paid.wallet(headroom=1)
+    wallet = paid.wallet(headroom=3)
     reply = paid.openai(wallet).embeddings.create(model=EMBEDDER, input="resync")
     assert int(reply.usage.model_extra["nodeai_charged_total"]) == wallet.totals[paid.chain.embed_id] > charged
 
