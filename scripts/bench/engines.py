@@ -144,7 +144,8 @@ async def main() -> None:
             figures["gen_max_sequences_in_step"] = gen.stats.max_sequences_in_step
             figures["gen_prompt_tokens_reused"] = gen.stats.prompt_tokens_reused
             rounds[weight].append(figures)
-    by_weights = {w: {k: (max if "rps" in k else min)(r[k] for r in rs) for k in rs[0]} for w, rs in rounds.items()}
+    # NOTE: each type's best round as a whole (by throughput), so its figures come from one round.
+    by_weights = {w: max(rs, key=lambda r: r["gen_rps_c8"]) for w, rs in rounds.items()}
     results: dict[str, object] = dict(by_weights[weights[0]])
     if len(weights) > 1:
         results["gen_by_weights"] = by_weights

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import EMBEDDER, SENTENCES, deploy  # noqa: E402 - the serving benchmark's set-up
 
 PHASES: dict[str, list[float]] = defaultdict(list)
+WARMUP = 20
+"""Requests of each kind sent before measuring (dropped from the server's phases too)."""
 
 
 def p50_ms(values: list[float]) -> float:
@@ -107,7 +110,7 @@ def run_client(spec: dict[str, Any], requests: int) -> dict[str, float]:
 
     out = {}
     for name, call in (("health_ms", health), ("client_ms", embed), ("sign_voucher_ms", sign)):
-        for _ in range(20):
+        for _ in range(WARMUP):
             call()
         latencies = []
         for _ in range(requests):
@@ -141,42 +144,48 @@ def main() -> None:
     timed(OnnxEmbeddingEngine, "embed", "engine_ms")
     timed(GatewayService, "_settle", "settle_ms")
 
+    workdir = Path(tempfile.mkdtemp(prefix="nodeai-bench-phases-"))
     anvil, market, _, embed_id = deploy()
     engine = OnnxEmbeddingEngine()
-    engine.start_sync()
-    provider = market.address("provider")
-    store = GatewayStore(Path(tempfile.mkdtemp(prefix="nodeai-bench-phases-")) / "gateway.db", provider)
-    app = create_app([engine], provider_key=ANVIL_KEYS[3], database=store,
-                     chain=ChainView(market.w3, market.deployment, provider, [embed_id]),
-                     model_ids={EMBEDDER: embed_id}, manage_engines=False,
-                     limits=Limits(rate_limit_per_s=100_000, rate_limit_burst=100_000))  # fmt: skip
-
-    async def timed_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        t0 = time.perf_counter()
-        try:
-            await app(scope, receive, send)
-        finally:
-            if scope["type"] == "http" and scope["path"] == "/v1/embeddings":
-                PHASES["asgi_ms"].append(time.perf_counter() - t0)
-
-    server = GatewayServer(timed_app).start()
-    spec = {"url": server.url, "payer_key": ANVIL_KEYS[4], "provider": provider,
-            "chain_id": market.deployment.chain_id, "escrow": market.escrow.address, "embed_id": embed_id}  # fmt: skip
+    store: GatewayStore | None = None
+    server: GatewayServer | None = None
     try:
+        engine.start_sync()
+        provider = market.address("provider")
+        store = GatewayStore(workdir / "gateway.db", provider)
+        app = create_app([engine], provider_key=ANVIL_KEYS[3], database=store,
+                         chain=ChainView(market.w3, market.deployment, provider, [embed_id]),
+                         model_ids={EMBEDDER: embed_id}, manage_engines=False,
+                         limits=Limits(rate_limit_per_s=100_000, rate_limit_burst=100_000))  # fmt: skip
+
+        async def timed_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                await app(scope, receive, send)
+            finally:
+                if scope["type"] == "http" and scope["path"] == "/v1/embeddings":
+                    PHASES["asgi_ms"].append(time.perf_counter() - t0)
+
+        server = GatewayServer(timed_app).start()
+        spec = {"url": server.url, "payer_key": ANVIL_KEYS[4], "provider": provider,
+                "chain_id": market.deployment.chain_id, "escrow": market.escrow.address, "embed_id": embed_id}  # fmt: skip
         done = subprocess.run([sys.executable, __file__, "--requests", str(args.requests), "--client", json.dumps(spec)],
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         if done.returncode != 0:
             raise SystemExit(f"the client process failed:\n{done.stderr[-4000:]}")
         client = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         engine.close_sync()
-        store.close()
+        if store is not None:
+            store.close()
         anvil.stop()
-    results: dict[str, Any] = {name: p50_ms(values) for name, values in sorted(PHASES.items())}
+        shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, Any] = {name: p50_ms(values[WARMUP:]) for name, values in sorted(PHASES.items())}
     results.update(client)
     results["overhead_vs_engine"] = round(results["client_ms"] / results["engine_ms"], 3)
-    results["requests"] = len(PHASES["engine_ms"])
+    results["requests"] = len(PHASES["engine_ms"]) - WARMUP
     print(json.dumps(results))
 
 

@@ -6,10 +6,12 @@ BF16, Q8_0 and a few others), so a batch of 8 sequences costs nearly 8
 single-token passes. The same weights as Q8_0 take the GEMM path: measured
 here, `scripts/bench/engines.py --weights` compares both in one run.
 
+Only models of fewer than 8 bits a weight are converted (the GGUF header's
+`general.file_type`); F32, F16, BF16 and Q8_0 files are served as they are.
 The conversion reads the source's weights (dequantizing them) and writes the
 new type; it takes under a second for a 135M model. The result is cached by
-the source's SHA-256, so a model fetched again from IPFS, or a second engine
-in the same test run, reuses it. Files are written under a temporary name
+the source's path, size and modification time, so a second engine (or the
+next start) reuses it. Files are written under a temporary name
 and renamed, so concurrent processes never see half a file.
 """
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -25,12 +29,13 @@ from typing import Any
 
 from nodeai.errors import InvalidGenerationParams
 
-__all__ = ["WEIGHT_TYPES", "default_cache_dir", "converted_model"]
+__all__ = ["WEIGHT_TYPES", "default_cache_dir", "converted_model", "gguf_file_type"]
 
 WEIGHT_TYPES = ("Q8_0", "F16")
 """Types a model may be converted to (llama.cpp file types)."""
 
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -41,9 +46,55 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nodeai"
 
 
-def _digest(path: Path) -> str:
+# NOTE: llama.cpp file types of 8 bits or more a weight; converting those to Q8_0 would lose precision.
+_WIDE_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 32: "BF16"}
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_file_type(path: Path) -> int | None:
+    """The ``general.file_type`` of a GGUF file (llama_ftype), read from its header; None when absent."""
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize("<" + fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError("the file ends inside its GGUF header")
+            return struct.unpack("<" + fmt, data)[0]
+
+        def skip(kind: int) -> None:
+            if kind in _GGUF_SCALARS:
+                f.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), os.SEEK_CUR)
+            elif kind == 8:
+                f.seek(read("Q"), os.SEEK_CUR)
+            elif kind == 9:
+                item, count = read("I"), read("Q")
+                if item in _GGUF_SCALARS:
+                    f.seek(count * struct.calcsize("<" + _GGUF_SCALARS[item]), os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            else:
+                raise ValueError(f"unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file (no GGUF magic)")
+        read("I")  # version
+        read("Q")  # tensor count
+        for _ in range(read("Q")):
+            key = f.read(read("Q"))
+            kind = read("I")
+            if key == b"general.file_type" and kind in (4, 5):
+                return int(read(_GGUF_SCALARS[kind]))
+            skip(kind)
+    return None
+
+
+def _cache_key(path: Path) -> str:
+    # NOTE: path, size and modification time, not a hash of the content: a multi-GB model
+    # would take seconds to hash on every start. A file changed in place gets a new key.
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
 
 
 def converted_model(source: Path, weight_type: str, cache_dir: Path | None = None, lc: Any = None) -> Path:
@@ -54,10 +105,21 @@ def converted_model(source: Path, weight_type: str, cache_dir: Path | None = Non
         )
     if not source.is_file():
         raise InvalidGenerationParams("model_path", f"{source} is not a file: point it at a GGUF model")
+    try:
+        file_type = gguf_file_type(source)
+    except (OSError, ValueError, struct.error) as exc:
+        raise InvalidGenerationParams(
+            "model_path", f"{source} is not a readable GGUF model ({exc}); set convert_weights to None "
+            "to let llama.cpp try it as it is",
+        ) from exc  # fmt: skip
+    if file_type is None or file_type in _WIDE_FILE_TYPES:
+        # NOTE: already 8 bits or more a weight (or of unknown type): served as it is.
+        return source
     folder = (cache_dir or default_cache_dir()) / "gguf"
-    target = folder / f"{_digest(source)[:32]}.{weight_type.lower()}.gguf"
+    target = folder / f"{_cache_key(source)}.{weight_type.lower()}.gguf"
     if target.is_file():
         return target
+    log.info("converting %s (llama.cpp file type %d) to %s in %s, once", source, file_type, weight_type, target)
     if lc is None:
         import llama_cpp as lc  # noqa: PLC0415 - loads the native library
     folder.mkdir(parents=True, exist_ok=True)

@@ -852,7 +852,8 @@ class LlamaCppEngine(WorkerEngine):
         try:
             return await done
         finally:
-            cancel()  # NOTE: harmless when finished; frees the slot at once when the caller gave up
+            if not done.done():
+                cancel()  # NOTE: the caller gave up (task cancelled): free the slot at once
 
     async def embed(self, model: str, inputs: Sequence[str]) -> Embeddings:
         self._check_model(model)

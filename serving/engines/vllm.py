@@ -445,7 +445,7 @@ class VllmEngine(Engine):
         if state == "ready" and proc is not None:
             code = proc.poll()
             if code is None:
-                return EngineHealth(True, f"vLLM pid {proc.pid} at {self.base_url}, {self.restarts} restarts")
+                return EngineHealth(True, f"vLLM (process group {proc.pid}) at {self.base_url}, {self.restarts} restarts")
             # NOTE: between the crash and the supervisor's next look (up to a second)
             return EngineHealth(False, f"vLLM exited with {_exit_text(code)}; restarting it ({self.restarts} restarts)")
         detail = f"vLLM is {state}" + (f": {self._last_error}" if self._last_error else "")
@@ -542,6 +542,8 @@ class VllmEngine(Engine):
                 # NOTE: a new session = a new process group holding the guard, the API
                 # server, its engine core and workers, so one killpg stops them all; the
                 # guard stops the group by itself if this process dies without close().
+                if self._guard_fd is not None:  # NOTE: the last server's guard, already stopped
+                    os.close(self._guard_fd)
                 self._proc, self._guard_fd = guarded_popen(
                     python, self._command(python), stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=cache,
                 )  # fmt: skip
@@ -550,7 +552,7 @@ class VllmEngine(Engine):
             if self._finalizer is not None:
                 self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid, None, 5.0)
-        log.info("started vLLM pid %d on port %d (log %s)", self._proc.pid, self._port, self._log_path)
+        log.info("started vLLM in process group %d on port %d (log %s)", self._proc.pid, self._port, self._log_path)
 
     def _probe(self, timeout: float) -> None:
         """One real 1-token completion; raises on any failure."""
@@ -669,7 +671,12 @@ class VllmEngine(Engine):
             return
         _kill_group(proc.pid, proc, self.config.term_grace_s)
         proc.poll()
-        guard_fd, self._guard_fd = self._guard_fd, None
+        with self._lock:
+            # NOTE: under the lock: close() and the supervisor's restart may both get here,
+            # and a descriptor closed twice may by then belong to someone else's socket.
+            guard_fd = self._guard_fd if self._proc is proc else None
+            if guard_fd is not None:
+                self._guard_fd = None
         if guard_fd is not None:
             os.close(guard_fd)
         if self._finalizer is not None:

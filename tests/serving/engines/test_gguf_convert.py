@@ -8,7 +8,7 @@ import pytest
 
 from nodeai.errors import InvalidGenerationParams
 from nodeai.serving.engines import packaged
-from nodeai.serving.engines.gguf_convert import converted_model
+from nodeai.serving.engines.gguf_convert import converted_model, gguf_file_type
 from nodeai.serving.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
 from nodeai.serving.engines.base import GenerationRequest, SamplingParams
 
@@ -34,13 +34,26 @@ def test_q8_0_conversion_is_cached_and_answers(tmp_path: Path) -> None:
     assert "Paris" in done.text
 
 
+def test_wide_models_are_served_as_they_are(tmp_path: Path) -> None:
+    source = packaged.smollm2_gguf()
+    assert gguf_file_type(source) == 3  # LLAMA_FTYPE_MOSTLY_Q4_1
+    q8 = converted_model(source, "Q8_0", tmp_path)
+    assert gguf_file_type(q8) == 7  # Q8_0: 8 bits a weight already, so never converted again
+    assert converted_model(q8, "Q8_0", tmp_path / "other") == q8
+    assert not (tmp_path / "other").exists()
+
+
 def test_bad_conversions_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(InvalidGenerationParams, match="use one of Q8_0, F16 or None"):
         converted_model(packaged.smollm2_gguf(), "Q2_K", tmp_path)
     junk = tmp_path / "not-a-model.gguf"
     junk.write_bytes(b"hello" * 100)
-    with pytest.raises(InvalidGenerationParams, match="could not convert .* Set convert_weights to None"):
+    with pytest.raises(InvalidGenerationParams, match="not a readable GGUF model .*no GGUF magic.* set convert_weights to None"):
         converted_model(junk, "Q8_0", tmp_path)
-    assert not list((tmp_path / "gguf").glob("*"))
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(packaged.smollm2_gguf().read_bytes()[:100])
+    with pytest.raises(InvalidGenerationParams, match="ends inside its GGUF header"):
+        converted_model(cut, "Q8_0", tmp_path)
+    assert not (tmp_path / "gguf").exists()
     with pytest.raises(InvalidGenerationParams, match="is not a file"):
         converted_model(tmp_path / "missing.gguf", "Q8_0", tmp_path)
