@@ -2,19 +2,26 @@
 
 The gateway is found from ``--gateway-url`` or from the provider's endpoint on
 chain (``--provider``). The request carries an InferenceEscrow voucher signed by
-the wallet (``nodeai.serving.client.VoucherWallet``) for the running total the
-gateway reports plus ``--max-cost``, the most this one request may cost. The
-answer comes with the provider's signed receipt, which is checked here: signed
-by that provider, about this very request (its hash), for this wallet and model,
-and priced at the provider's on-chain price for the tokens used. Afterwards
-the wallet signs a voucher for exactly the new running total, so the provider
-redeems what it charged and not the headroom.
+the wallet (``nodeai.serving.client.VoucherWallet`` through ``HttpxVoucherAuth``)
+for the running total plus ``--max-cost``, the most this one request may add to
+it. The running total is this wallet's own record, kept per channel and model
+in $NODEAI_HOME/receipts/totals.json (the gateway is asked for it only the first
+time, when nothing is kept); a 402 claiming more than the wallet ever signed for
+is refused. The answer comes with the provider's signed receipt, which is checked
+here: signed by that provider, about this very request (its hash), for this
+wallet and model, and priced at the provider's on-chain price for the tokens
+used; the total the gateway reports must be the kept total plus the receipt's
+amount. Only then does the wallet keep the new total and sign a voucher for
+exactly it, so the provider redeems what it charged and not the headroom.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,35 +103,33 @@ def _find_model(models: list[dict[str, Any]], wanted: str, root: str) -> tuple[s
     raise UserError(f"the gateway {root} does not serve {wanted!r}; it serves {names}", "pass one of those to --model")
 
 
-def _post_paid(obj: CliContext, http: Any, url: str, body: dict[str, Any], wallet: Any, model_id: int, cap: int) -> Any:
-    """POST with a voucher for the running total + ``cap``; once more with what the gateway asks, within ``cap``."""
+def _post_paid(obj: CliContext, http: Any, url: str, body: dict[str, Any], wallet: Any, model_id: int,
+               cap: int, known: int) -> Any:
+    """POST paid by ``HttpxVoucherAuth``: a voucher for ``known`` (the running total) + ``cap``, and one retry
+    with what a 402 asks when that is at most ``cap`` above a total this wallet signed for."""
     import httpx
 
-    from nodeai.serving.payments import VOUCHER_HEADER
+    from nodeai.serving.client import HttpxVoucherAuth
 
-    header = wallet.begin(model_id)
     try:
-        try:
-            reply = http.post(url, json=body, headers={VOUCHER_HEADER: header})
-            if reply.status_code == 402:
-                error = (reply.json() or {}).get("error") or {}
-                if error.get("code") == "voucher_too_low":
-                    # NOTE: this wallet's running total with the provider lives in the gateway (a new process
-                    # starts at 0): it answers the total with the amount to sign. The total is the gateway's word;
-                    # --max-cost bounds what this request may add to it, the deposit bounds the rest.
-                    charged, required = int(error["nodeai"]["charged_total"]), int(error["nodeai"]["required_cumulative"])
-                    if required - charged > cap:
-                        raise UserError(f"the provider may charge up to {obj.fmt(required - charged)} for this request, "
-                                        f"more than --max-cost {obj.fmt(cap)}",
-                                        "raise --max-cost, or lower --max-tokens / shorten the prompt")  # fmt: skip
-                    wallet.observe(model_id, charged)
-                    reply = http.post(url, json=body, headers={VOUCHER_HEADER: wallet.sign(model_id, required)})
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__}: {exc})",
-                                     "check that the provider runs; nothing was charged without an answer") from None
-    finally:
-        wallet.end(model_id)
+        reply = http.post(url, json=body, auth=HttpxVoucherAuth(wallet))
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__}: {exc})",
+                                 "check that the provider runs; nothing was charged without an answer") from None
     if reply.status_code == 402:
+        error = _error(reply)
+        details = error.get("nodeai") or {}
+        charged, required = str(details.get("charged_total", "")), str(details.get("required_cumulative", ""))
+        if error.get("code") == "voucher_too_low" and charged.isdigit() and required.isdigit():
+            if int(charged) > known:
+                raise CheckFailed(f"the gateway claims this wallet's running total with it is {obj.fmt(int(charged))}, "
+                                  f"more than this wallet ever signed for ({obj.fmt(known)}, "
+                                  f"kept in {totals_file(obj)}): refused, nothing paid",
+                                  "do not pay this provider again until it explains; keep the output as evidence")
+            if int(required) - int(charged) > cap:
+                raise UserError(f"the provider may charge up to {obj.fmt(int(required) - int(charged))} for this "
+                                f"request, more than --max-cost {obj.fmt(cap)}",
+                                "raise --max-cost, or lower --max-tokens / shorten the prompt")
         raise UserError(f"the gateway refused the payment: {_message(reply)}",
                         "deposit for this provider with `nodeai escrow deposit AMOUNT --provider ADDRESS`")
     if 400 <= reply.status_code < 500:
@@ -132,6 +137,111 @@ def _post_paid(obj: CliContext, http: Any, url: str, body: dict[str, Any], walle
     if reply.status_code >= 500:
         raise ServiceUnavailable(f"the gateway failed ({reply.status_code}): {_message(reply)}", "retry later")
     return reply
+
+
+def _error(reply: Any) -> dict[str, Any]:
+    try:
+        error = reply.json().get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+# -- the running totals ---------------------------------------------------------------------------
+def totals_file(obj: CliContext) -> Path:
+    """What this wallet has been charged so far per channel and model, next to the kept receipts."""
+    return receipts_dir(obj) / "totals.json"
+
+
+def _channel_key(obj: CliContext, escrow: str, provider: str, model_id: int) -> str:
+    # NOTE: the chain's genesis hash is part of the key: a fresh local chain (`nodeai dev up` again) reuses
+    # chain id, contract and provider addresses, but its channels start at 0.
+    genesis = obj.w3.eth.get_block(0)["hash"]
+    genesis_hex = "0x" + bytes(genesis).hex().removeprefix("0x")
+    return f"{obj.deployment.chain_id}:{genesis_hex}:{escrow}:{provider}:{obj.address}:{model_id}"
+
+
+def _read_totals(obj: CliContext) -> dict[str, Any]:
+    path = totals_file(obj)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the running totals in {path}: {exc}",
+                        "restore it from a backup; deleting it makes the next request take the gateway's "
+                        "word for the total once") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold running totals", "restore it from a backup")
+    return data
+
+
+def known_total(obj: CliContext, key: str) -> int | None:
+    """The running total this wallet settled with the channel last (None: never, from this $NODEAI_HOME)."""
+    entry = _read_totals(obj).get(key)
+    total = entry.get("total") if isinstance(entry, dict) else None
+    return int(total) if isinstance(total, str) and total.isdigit() else None
+
+
+def keep_total(obj: CliContext, key: str, total: int) -> None:
+    """Record the new running total: written to a temporary file and renamed, so a crash leaves the old or the new."""
+    path = totals_file(obj)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read_totals(obj)
+    data[key] = {"total": str(total), "saved_at": time.time()}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@contextmanager
+def _channel_lock(obj: CliContext) -> Iterator[None]:
+    """One paid request at a time per $NODEAI_HOME: the running total is read before and written after it."""
+    import fcntl
+
+    folder = receipts_dir(obj)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".totals.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _ask_total(obj: CliContext, http: Any, root: str, wallet: Any, model_id: int) -> int:
+    """The running total the gateway holds for this channel, asked with a voucher for 0 (which pays nothing)."""
+    import httpx
+
+    from nodeai.serving.payments import VOUCHER_HEADER
+
+    url = f"{root}/v1/nodeai/vouchers"
+    try:
+        reply = http.post(url, headers={VOUCHER_HEADER: wallet.sign(model_id, 0)})
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__})", GATEWAY_HINT) from None
+    try:
+        body = reply.json()
+        total = str(body["charged_total"] if reply.status_code == 200 else body["error"]["nodeai"]["charged_total"])
+    except (ValueError, KeyError, TypeError):
+        total = ""
+    if not total.isdigit():
+        raise ServiceUnavailable(f"the gateway did not say this wallet's running total ({reply.status_code} from {url}: "
+                                 f"{_message(reply)})", "is it a NodeAI gateway that takes vouchers?")
+    return int(total)
+
+
+def _settle(http: Any, root: str, wallet: Any, model_id: int, total: int) -> int:
+    """Hand in a voucher for exactly ``total``; the channel's charged total the gateway answers."""
+    from nodeai.serving.payments import VOUCHER_HEADER
+
+    reply = http.post(f"{root}/v1/nodeai/vouchers", headers={VOUCHER_HEADER: wallet.sign(model_id, total)})
+    if reply.status_code != 200:
+        raise RuntimeError(f"it answered {reply.status_code}: {_message(reply)}")
+    return int(reply.json()["charged_total"])
 
 
 def receipts_dir(obj: CliContext) -> Path:
@@ -175,7 +285,8 @@ def latest_receipt(obj: CliContext) -> dict[str, Any]:
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
               help="Sampling temperature (0: the same answer every time).")
 @click.option("--max-cost", default="1", show_default=True,
-              help="Most this request may cost, in token units: the voucher's headroom over the running total.")
+              help="The most this one request may add to what you owe the provider, in token units: the voucher "
+                   "sent with it covers the running total plus this, and a provider asking more is refused.")
 @signer_options
 @pass_ctx
 @example("""
@@ -197,7 +308,7 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
     from nodeai.serving.payments import price_for_tokens
 
     check_amount(max_cost, "--max-cost")
-    with httpx.Client(timeout=httpx.Timeout(300, connect=10)) as http:
+    with httpx.Client(timeout=httpx.Timeout(300, connect=10)) as http, _channel_lock(obj):
         root, provider = _find_gateway(obj, gateway_url, provider, http)
         name, model_id = _find_model(gateway_get(http, f"{root}/v1/models", "/v1/models").get("data") or [], model, root)
         price = obj.contract("ProviderRegistry").functions.modelPrice(provider, model_id).call()
@@ -206,18 +317,30 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
                             "pick a model the provider serves (`nodeai models list`)")
         escrow = obj.contract("InferenceEscrow")
         payer = obj.address
-        deposit = escrow.functions.channels(payer, provider).call()[0]
-        if deposit == 0:
+        balance = escrow.functions.channels(payer, provider).call()[0]
+        if balance == 0:
             raise UserError(f"this wallet ({payer}) has no deposit for the provider {provider}",
                             f"deposit first: `nodeai escrow deposit 5 --provider {provider}`")
         cap = parse_amount(max_cost, obj.decimals, False, "--max-cost")
         account = obj.account()
-        wallet = VoucherWallet(account.key, provider, obj.deployment.chain_id, escrow.address, {name: model_id}, headroom=cap)
+        key = _channel_key(obj, escrow.address, provider, model_id)
+        wallet = VoucherWallet(account.key, provider, obj.deployment.chain_id, escrow.address, {name: model_id},
+                               headroom=cap)  # fmt: skip
+        known = known_total(obj, key)
+        if known is None:
+            # NOTE: no total kept for this channel (a new $NODEAI_HOME, or another program paid on it): the
+            # gateway's word is the only record, so it is asked once, before the request, and kept from then on.
+            known = _ask_total(obj, http, root, wallet, model_id)
+            status(f"  no running total with this provider kept in {totals_file(obj)}: the gateway says "
+                   f"{obj.fmt(known)} so far")
+        # NOTE: knowing its total, the wallet refuses a 402 claiming more than it ever signed for.
+        wallet = VoucherWallet(account.key, provider, obj.deployment.chain_id, escrow.address, {name: model_id},
+                               headroom=cap, totals={model_id: known})  # fmt: skip
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         body = {"model": name, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
-        status(f"  asking {name} (#{model_id}) at {root}, paid by voucher (at most {obj.fmt(cap)}) ...")
+        status(f"  asking {name} (#{model_id}) at {root}, paid by voucher (at most {obj.fmt(cap)} for this request) ...")
         started = time.monotonic()
-        reply = _post_paid(obj, http, f"{root}/v1/chat/completions", body, wallet, model_id, cap)
+        reply = _post_paid(obj, http, f"{root}/v1/chat/completions", body, wallet, model_id, cap, known)
         seconds = time.monotonic() - started
         answer = reply.json()
         usage = answer.get("usage") or {}
@@ -227,10 +350,10 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
             raise CheckFailed(f"the answer carries no receipt: {exc}", "this provider does not meter as NodeAI gateways do")
         total_text = reply.headers.get(CHARGED_TOTAL_HEADER) or usage.get("nodeai_charged_total")
         charged_total = int(total_text) if str(total_text or "").isdigit() else None
-        if charged_total is not None:
-            wallet.observe(model_id, charged_total)
         tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
         receipt = signed.receipt
+        before = known
+        expected_total = before + receipt.amount
         problems = []
         if not verify_receipt(signed, provider, body, str(answer.get("id", ""))):
             problems.append(f"it is not signed by {provider} for this request")
@@ -239,17 +362,29 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
         if receipt.amount != price_for_tokens(tokens, price):
             problems.append(f"it charges {obj.fmt(receipt.amount)} for {tokens} tokens; the on-chain price makes that "
                             f"{obj.fmt(price_for_tokens(tokens, price))}")
+        if receipt.amount > cap:
+            problems.append(f"it charges {obj.fmt(receipt.amount)}, more than --max-cost {obj.fmt(cap)}")
         if signed.chain_id != obj.deployment.chain_id or signed.registry.lower() != obj.contract("ReceiptRegistry").address.lower():
             problems.append(f"it is signed for chain {signed.chain_id} and registry {signed.registry}")
+        if charged_total != expected_total:
+            # NOTE: the gateway's running total is checked, not believed: settling on an inflated one would pay
+            # for requests never served.
+            reported = "no running total" if charged_total is None else f"a running total of {obj.fmt(charged_total)}"
+            problems.append(f"the gateway reports {reported}; it was {obj.fmt(before)} before this request, which "
+                            f"makes {obj.fmt(expected_total)} with this receipt")
         settled = None
         if not problems:
+            keep_total(obj, key, expected_total)
             try:
-                # NOTE: a voucher for exactly the running total, so the provider can redeem what it charged
-                # and no more (the one sent with the request covered up to --max-cost on top of it).
-                settled = wallet.settle(root, name, client=http)
-            except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+                # NOTE: a voucher for exactly the total this wallet computed, so the provider can redeem what it
+                # charged and no more (the one sent with the request covered up to --max-cost on top of it).
+                settled = _settle(http, root, wallet, model_id, expected_total)
+            except (RuntimeError, httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
                 status(f"  warning: the gateway did not take the settlement voucher ({exc}); it can still redeem "
                        "the one sent with the request")
+            if settled is not None and settled != expected_total:
+                status(f"  warning: the gateway answered the settlement voucher with a total of {obj.fmt(settled)}, "
+                       f"not {obj.fmt(expected_total)}")
 
     content = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
     request_hash = "0x" + receipt.request_hash.hex()
@@ -257,7 +392,8 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
         "answer": content, "model": name, "model_id": model_id, "provider": provider, "gateway": root,
         "usage": {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")},
         "price_per_1k_tokens": price, "charged": receipt.amount, "charged_total": charged_total,
-        "settled_total": int(settled["charged_total"]) if settled else None, "request_hash": request_hash,
+        "expected_total": expected_total, "settled_total": settled if not problems else None,
+        "escrow_balance": balance, "request_hash": request_hash,
         "receipt": signed.to_json(), "receipt_verified": not problems, "problems": problems,
         "seconds": round(seconds, 2), "response_id": answer.get("id"),
     }  # fmt: skip
@@ -269,9 +405,9 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
         lines = [content.strip(), "",
                  f"paid      {obj.fmt(receipt.amount)} for {receipt.tokens_in}+{receipt.tokens_out} tokens at "
                  f"{obj.fmt(price)} per 1k ({name} #{model_id}, provider {short(provider)}, {seconds:.1f} s)"]
-        if charged_total is not None:
-            lines.append(f"total     {obj.fmt(charged_total)} charged by this provider for this model so far "
-                         f"(of your {obj.fmt(deposit)} deposit)")
+        if not problems:
+            lines.append(f"total     {obj.fmt(expected_total)} charged by this provider for this model so far; "
+                         f"{obj.fmt(balance)} was left in escrow for it before this request")
         lines.append(f"receipt   {request_hash}: " + ("signed by the provider, for this request, at its on-chain price: verified"
                                                        if not problems else "NOT VALID: " + "; ".join(problems)))
         if not problems:
