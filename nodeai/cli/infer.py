@@ -29,7 +29,7 @@ import click
 from eth_utils import is_address, to_checksum_address
 
 from nodeai.cli.context import CliContext, example, pass_ctx, signer_options
-from nodeai.cli.errors import EXIT_FAILURE, CheckFailed, ServiceUnavailable, UserError
+from nodeai.cli.errors import EXIT_FAILURE, CheckFailed, CliError, ServiceUnavailable, UserError
 from nodeai.cli.output import check_amount, emit, parse_amount, short, status
 
 GATEWAY_HINT = ("pass --gateway-url URL (NODEAI_GATEWAY_URL) or --provider ADDRESS (NODEAI_PROVIDER; its endpoint "
@@ -41,8 +41,9 @@ def gateway_root(url: str) -> str:
     return url.rstrip("/").removesuffix("/v1").rstrip("/")
 
 
-def gateway_get(http: Any, url: str, what: str) -> Any:
-    """GET a gateway URL: the JSON body, or an error that says which gateway did not answer."""
+def gateway_get(http: Any, url: str, what: str, not_found: CliError | None = None) -> Any:
+    """GET a gateway URL: the JSON body, or an error that says which gateway did not answer
+    (``not_found``, when given, for a 404)."""
     import httpx
 
     try:
@@ -50,9 +51,15 @@ def gateway_get(http: Any, url: str, what: str) -> Any:
     except httpx.HTTPError as exc:
         raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__})",
                                  "check that the provider runs, or " + GATEWAY_HINT) from None
+    if reply.status_code == 404 and not_found is not None:
+        raise not_found
     if reply.status_code >= 400:
         raise ServiceUnavailable(f"the gateway answered {reply.status_code} for {what}: {_message(reply)}")
-    return reply.json()
+    try:
+        return reply.json()
+    except ValueError:
+        raise ServiceUnavailable(f"the gateway answered {what} with something that is not JSON: {reply.text[:200]!r}",
+                                 "is it a NodeAI gateway? " + GATEWAY_HINT) from None
 
 
 def _message(reply: Any) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from eth_utils import is_address, to_checksum_address
 
 from nodeai.chain.receipts import Receipt, verify_proof
@@ -100,26 +101,31 @@ def _read_document(source: str) -> tuple[dict[str, Any], str]:
 
 
 def _fetch_document(obj: CliContext, request_hash: str, gateway_url: str | None, wait_s: int) -> dict[str, Any]:
-    """The receipt and its proof from the gateway; with ``wait_s``, polled until its batch is committed."""
+    """The receipt and its proof from the gateway; with ``wait_s``, polled until its batch is committed.
+
+    The gateway's answer must be about ``request_hash``: a receipt for another request proves nothing here.
+    """
     import httpx
 
     from nodeai.cli.infer import GATEWAY_HINT, gateway_get, gateway_root
 
     if not gateway_url:
         raise UserError("a request hash is looked up on the provider's gateway, and none is set", GATEWAY_HINT)
-    url = f"{gateway_root(gateway_url)}/v1/nodeai/receipts/{request_hash}"
+    root = gateway_root(gateway_url)
+    url = f"{root}/v1/nodeai/receipts/{request_hash}"
+    missing = UserError(f"the gateway at {root} has no receipt {request_hash}",
+                        "check the hash, and that this is the gateway that served the request")
     deadline = time.monotonic() + wait_s
     announced = False
     with httpx.Client(timeout=30) as http:
         while True:
-            try:
-                reply = http.get(url)
-            except httpx.HTTPError as exc:
-                raise ServiceUnavailable(f"the gateway did not answer {url} ({type(exc).__name__})", GATEWAY_HINT) from None
-            if reply.status_code == 404:
-                raise UserError(f"the gateway at {gateway_root(gateway_url)} has no receipt {request_hash}",
-                                "check the hash, and that this is the gateway that served the request")
-            document = gateway_get(http, url, f"receipt {request_hash}") if reply.status_code >= 400 else reply.json()
+            document = gateway_get(http, url, f"receipt {request_hash}", not_found=missing)
+            receipt = document.get("receipt") if isinstance(document, dict) else None
+            answered = _snake_keys(receipt).get("request_hash") if isinstance(receipt, dict) else None
+            if not isinstance(answered, str) or answered.lower() != request_hash.lower():
+                raise CheckFailed(f"the gateway at {root} answered the request hash {request_hash} with a receipt for "
+                                  f"{answered!r}: it is not the receipt asked for",
+                                  "keep the output as evidence; the gateway does not serve this request's receipt")
             if document.get("committed") or time.monotonic() >= deadline:
                 return document
             if not announced and not obj.json:
@@ -128,13 +134,30 @@ def _fetch_document(obj: CliContext, request_hash: str, gateway_url: str | None,
             time.sleep(1)
 
 
+def _snake_keys(data: dict[str, Any]) -> dict[str, Any]:
+    return {_snake(k): v for k, v in data.items()}
+
+
+def _differences(kept: dict[str, Any], served: dict[str, Any]) -> list[str]:
+    """The fields in which the gateway's copy of a receipt differs from the one `nodeai infer` kept."""
+    mine, theirs = _snake_keys(kept), _snake_keys(served)
+    changed = []
+    for name in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(name), theirs.get(name)
+        same = (str(a).lower() == str(b).lower()) if isinstance(a, str) or isinstance(b, str) else a == b
+        if not same:
+            changed.append(f"{name} (kept {a!r}, gateway {b!r})")
+    return changed
+
+
 @receipts.command("verify")
 @click.argument("receipt_source", metavar="[RECEIPT]", required=False)
 @click.option("--latest", is_flag=True, help="The receipt `nodeai infer` kept last (in $NODEAI_HOME/receipts), from its gateway.")
 @click.option("--root", help="Merkle root to check against (default: the file's root).")
 @click.option("--proof", "proof_items", multiple=True, help="A sibling hash of the proof, leaf first (repeat; default: the file's proof).")
 @click.option("--gateway-url", envvar="NODEAI_GATEWAY_URL",
-              help="Gateway to fetch a request hash's receipt and proof from [env: NODEAI_GATEWAY_URL].")
+              help="Gateway to fetch a request hash's receipt and proof from; with --latest, the gateway that "
+                   "served the request unless this option is given [env: NODEAI_GATEWAY_URL].")
 @click.option("--wait", "wait_text", default="0s", show_default=True,
               help="With a request hash: wait this long for the provider to commit the receipt's batch (60s, 5m).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -162,11 +185,21 @@ def verify(obj: CliContext, receipt_source: str | None, latest: bool, root: str 
 
         kept = latest_receipt(obj)
         receipt_source = str(kept["receipt"]["requestHash"])
-        gateway_url = kept.get("gateway") or gateway_url  # NOTE: the gateway that served it holds its proof
+        # NOTE: the gateway that served it holds its proof, unless one is named on the command line
+        # (NODEAI_GATEWAY_URL is a default for new requests, not a choice about this one).
+        explicit = click.get_current_context().get_parameter_source("gateway_url") == ParameterSource.COMMANDLINE
+        if not explicit:
+            gateway_url = kept.get("gateway") or gateway_url
     assert receipt_source is not None
     if _REQUEST_HASH.match(receipt_source):
         wait_s = 0 if wait_text.strip() in ("0", "0s") else parse_duration(wait_text)
         document, name = _fetch_document(obj, receipt_source, gateway_url, wait_s), receipt_source
+        if latest:
+            changed = _differences(kept["receipt"], document["receipt"])
+            if changed:
+                raise CheckFailed(f"the gateway's copy of receipt {receipt_source} differs from the one `nodeai infer` "
+                                  f"kept: {'; '.join(changed)}",
+                                  "the kept copy is what the provider signed for your request: keep both as evidence")
         if document.get("root") is None and root is None:
             raise CheckFailed(f"the provider has not committed the batch of {receipt_source} yet",
                               f"providers commit receipts in batches: retry with --wait 60s, or later")

@@ -26,7 +26,7 @@ from nodeai.chain.anvil import ANVIL_KEYS
 from nodeai.chain.receipts import Receipt
 from nodeai.serving.payments import VOUCHER_HEADER, decode_voucher_header, price_for_tokens
 from nodeai.serving.receipts import ReceiptSigner, request_hash
-from tests.cli.conftest import ONE, ROLES, Chain, run
+from tests.cli.conftest import ONE, ROLES, Chain, run, run_json
 
 MODEL = "fake-model"
 PROMPT_TOKENS, COMPLETION_TOKENS = 10, 5
@@ -44,6 +44,8 @@ class FakeGateway:
         self.chat_vouchers: list[int] = []  # cumulative amounts of the vouchers sent with requests
         self.settlements: list[int] = []  # those handed in at /v1/nodeai/vouchers
         self.probes: list[int] = []  # vouchers for 0 there, which ask the running total
+        self.documents: dict[str, Any] = {}  # what GET /v1/nodeai/receipts/{hash} answers, by hash
+        self.gets: list[str] = []
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,7 +63,11 @@ class FakeGateway:
                 self.wfile.write(raw)
 
             def do_GET(self) -> None:
-                if self.path == "/health":
+                gateway.gets.append(self.path)
+                if self.path.startswith("/v1/nodeai/receipts/"):
+                    found = gateway.documents.get(self.path.rsplit("/", 1)[1])
+                    self.reply(200, found) if found else self.reply(404, {"error": {"message": "no such receipt"}})
+                elif self.path == "/health":
                     self.reply(200, {"status": "ok", "provider": gateway.provider})
                 elif self.path == "/v1/models":
                     self.reply(200, {"data": [{"id": MODEL, "nodeai": {"model_id": gateway.chain.model_id}}]})
@@ -202,3 +208,45 @@ def test_a_402_claiming_more_than_the_wallet_signed_is_refused(chain: Chain, dep
     assert len(gateway.chat_vouchers) == 2, "the wallet retried with a voucher for the claimed total"
     assert max(gateway.chat_vouchers) <= gateway.total + ONE
     assert len(gateway.settlements) == 1
+
+
+# -- `nodeai receipts verify` of what `nodeai infer` kept --------------------------------------------
+def committed_document(chain: Chain, kept: dict[str, Any]) -> dict[str, Any]:
+    """The kept receipt committed on chain by its provider, as the gateway would then serve it."""
+    from nodeai.serving.receipts import receipt_from_json
+
+    tree, _ = chain.market.commit_receipts([receipt_from_json(kept).receipt])
+    return {"receipt": dict(kept), "root": "0x" + tree.root.hex(), "proof": ["0x" + p.hex() for p in tree.proof(0)],
+            "committed": True}
+
+
+def test_receipts_verify_checks_what_the_gateway_answers(chain: Chain, deposited: str, home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with FakeGateway(chain) as served, FakeGateway(chain) as other:
+        data = json.loads(infer(served, "--json").stdout)
+        kept = data["receipt"]
+        request_hash = data["request_hash"]
+        good = committed_document(chain, kept)
+        served.documents[request_hash] = good
+
+        assert run_json("receipts", "verify", "--latest")["valid"] is True
+        # NODEAI_GATEWAY_URL (a default for new requests) does not redirect --latest, an explicit --gateway-url does
+        monkeypatch.setenv("NODEAI_GATEWAY_URL", other.url)
+        assert run_json("receipts", "verify", "--latest")["valid"] is True and other.gets == []
+        missing = run("receipts", "verify", "--latest", "--gateway-url", other.url)
+        assert missing.exit_code == 2 and f"the gateway at {other.url} has no receipt" in missing.stderr
+        assert other.gets == [f"/v1/nodeai/receipts/{request_hash}"]
+        monkeypatch.delenv("NODEAI_GATEWAY_URL")
+
+        # the gateway's copy differs from the kept one in a field
+        served.documents[request_hash] = good | {"receipt": kept | {"latencyMs": kept["latencyMs"] + 1}}
+        altered = run("receipts", "verify", "--latest")
+        assert altered.exit_code == 1 and "differs from the one `nodeai infer` kept: latency_ms" in altered.stderr
+
+        # a receipt for another request, by hash and with --latest
+        stranger = "0x" + "ab" * 32
+        served.documents[request_hash] = good | {"receipt": kept | {"requestHash": stranger}}
+        for args in (["--latest"], [request_hash, "--gateway-url", served.url]):
+            wrong = run("receipts", "verify", *args)
+            assert wrong.exit_code == 1 and "it is not the receipt asked for" in wrong.stderr, wrong.stderr
+            assert stranger in wrong.stderr and "Traceback" not in wrong.stderr
