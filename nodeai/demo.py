@@ -256,6 +256,33 @@ class DaemonRunner:
 
 
 # -- helper processes -----------------------------------------------------------------------------------
+HELPER_PIDS_FILE = "helpers.pids"
+"""In the demo's work folder: one ``NAME PID`` line per helper process, appended as each starts, so that
+`nodeai dev down` can stop them even when the demo itself was killed before it could."""
+
+
+def record_helper_pid(workdir: Path, name: str, pid: int) -> None:
+    """Append ``NAME PID`` to the work folder's helper list (flushed to disk before the helper is used)."""
+    with open(workdir / HELPER_PIDS_FILE, "a") as handle:
+        handle.write(f"{name} {pid}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_helper_pids(workdir: Path) -> list[tuple[str, int]]:
+    """The ``(name, pid)`` lines of the helper list (none when it is missing; unreadable lines skipped)."""
+    try:
+        lines = (workdir / HELPER_PIDS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        name, _, pid = line.strip().partition(" ")
+        if pid.strip().isdigit():
+            found.append((name, int(pid)))
+    return found
+
+
 class ServiceProcess:
     """A helper process (its own session, output to a log file), stopped by its PID."""
 

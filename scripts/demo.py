@@ -58,8 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nodeai.demo import (  # noqa: E402
-    ONE, DaemonRunner, DemoFailed, FetchProgress, Party, ServiceProcess, Timeline, check_balances, node_toml,
-    predict_balances, quiet_native_output, short, tusd,
+    HELPER_PIDS_FILE, ONE, DaemonRunner, DemoFailed, FetchProgress, Party, ServiceProcess, Timeline, check_balances,
+    node_toml, predict_balances, quiet_native_output, record_helper_pid, short, tusd,
 )  # fmt: skip
 from nodeai.errors import NodeAIError  # noqa: E402
 
@@ -139,6 +139,7 @@ def step_chain(d: Demo) -> None:
 
     d.t.section("1. chain: anvil, the contracts, test tokens")
     d.anvil = d.stack.enter_context(Anvil())
+    record_helper_pid(d.workdir, "anvil", d.anvil.process.pid)
     d.t.say(f"anvil on {d.anvil.url} (pid {d.anvil.process.pid}, chain id {d.anvil.chain_id})")
     d.w3 = Web3(Web3.HTTPProvider(d.anvil.url, request_kwargs={"timeout": 30}))
     d.keys = dict(zip(ROLES, ANVIL_KEYS))
@@ -169,6 +170,7 @@ def start_indexer(d: Demo) -> None:
         "--db", f"sqlite:///{d.workdir / 'indexer' / 'indexer.db'}", "--confirmations", "0", "--poll-interval", "0.5",
         "--host", "127.0.0.1", "--port", str(port),
     ], d.workdir / "indexer" / "indexer.log").start()  # fmt: skip
+    record_helper_pid(d.workdir, "indexer", d.indexer.pid)
     d.stack.callback(d.indexer.stop)
     d.t.say(f"indexer starting in the background (pid {d.indexer.pid}), API and explorer on {d.indexer_url}")
 
@@ -827,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_workdir = args.workdir is not None
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="nodeai-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / HELPER_PIDS_FILE).write_text("")  # NOTE: this run's helpers only (appended as they start)
     t = Timeline(started=STARTED)
     print("NodeAI Hub demo: a publisher, a provider and a consumer on one machine "
           "(anvil, embedded IPFS, SmolLM2-135M on llama.cpp, MiniLM on ONNX Runtime)")

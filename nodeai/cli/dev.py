@@ -7,7 +7,7 @@ gateway and its daemon, the indexer with its explorer. It returns once the
 demo has run through and the marketplace is ready for you, which the demo
 says by writing ``WORKDIR/env.sh`` (the ``NODEAI_*`` variables to ``source``)
 and ``WORKDIR/local.json`` (the same, plus the PIDs). ``down`` stops it by its
-PID. ``faucet`` gives an address ETH (gas) and test tokens on a local anvil
+PID, then whatever it left of the helpers it recorded in ``WORKDIR/helpers.pids``. ``faucet`` gives an address ETH (gas) and test tokens on a local anvil
 chain: it impersonates the token's minter, which only a development chain allows.
 """
 
@@ -158,11 +158,12 @@ def up(obj: CliContext, workdir: Path, timeout_text: str, threads: int | None) -
                 status(f"  {line[3:]}  [{time.monotonic() - started:.0f} s]")
         shown = len(lines)
         if process.poll() is not None:
+            _stop(process.pid, workdir, 0)  # NOTE: a demo that died may have left anvil or the indexer behind
             raise CliError(f"the local marketplace exited with code {process.returncode} before it was ready; "
                            f"the end of {workdir / LOG_FILE}:\n{_log_tail(workdir)}",
                            "fix what the log says (run `make setup` first?), then run `nodeai dev up` again")  # fmt: skip
         if time.monotonic() - started > timeout:
-            _stop(process.pid, state, 30)
+            _stop(process.pid, workdir, 30)
             raise CliError(f"the local marketplace was not ready after {timeout_text}; stopped it. The end of "
                            f"{workdir / LOG_FILE}:\n{_log_tail(workdir)}",
                            "a loaded machine is slower: retry with a longer --timeout")  # fmt: skip
@@ -171,22 +172,84 @@ def up(obj: CliContext, workdir: Path, timeout_text: str, threads: int | None) -
     emit(obj.json, state, lambda: _summary(state, workdir) + f"\n(ready in {state['seconds']:.0f} s)")
 
 
-def _stop(pid: int, state: dict[str, Any] | None, timeout: float) -> str:
-    """SIGTERM (the demo stops its daemon, gateway, IPFS nodes, indexer and anvil in order), then SIGKILL."""
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if not _alive(pid):
-        return "stopped"
-    os.kill(pid, signal.SIGKILL)
-    # NOTE: killed, it could not stop its helper processes: they are stopped by their recorded PIDs.
-    for child in ((state or {}).get("child_pids") or {}).values():
+HELPER_NAMES = (b"anvil", b"nodeai.indexer", b"demo.py")
+"""What the command line of a process of the local marketplace contains (checked before any signal)."""
+
+
+def _ours(pid: int) -> bool:
+    """``pid`` runs (not a zombie) and is anvil, the indexer or the demo: not a program that got the PID since."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and any(name in cmdline for name in HELPER_NAMES)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The PIDs of the processes in process group ``pgid`` that are the marketplace's (by their command line)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            os.kill(int(child), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
-    return "killed"
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and _ours(int(entry.name)):
+            members.append(int(entry.name))
+    return members
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # NOTE: gone since it was checked (or never ours to stop)
+
+
+def _stop(pid: int, workdir: Path, timeout: float) -> str:
+    """Stop the demo and every helper it started; "stopped" if it stopped on SIGTERM, "killed" if not.
+
+    SIGTERM first (the demo stops its daemon, gateway, IPFS nodes, indexer and anvil in order), then SIGKILL
+    to its process group (it is a session leader: anvil is in the group, the indexer in a session of its
+    own). Whatever the demo left, the helpers recorded in WORKDIR/helpers.pids (and local.json) and the
+    members of its group are stopped too, each after its /proc/PID/cmdline shows it is anvil, the indexer
+    or the demo.
+    """
+    from nodeai.demo import read_helper_pids
+
+    action = "stopped"
+    if _alive(pid):
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            action = "killed"
+            try:
+                if os.getpgid(pid) == pid:  # NOTE: checked alive and the demo just now: the group is its own
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    helpers = {p for _, p in read_helper_pids(workdir)}
+    helpers |= {int(p) for p in ((_read_state(workdir) or {}).get("child_pids") or {}).values() if str(p).isdigit()}
+    helpers |= set(_group_members(pid))
+    left = [p for p in helpers if p != pid and _ours(p)]
+    for helper in left:
+        _signal(helper, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_ours(p) for p in left):
+        time.sleep(0.1)
+    for helper in left:
+        if _ours(helper):
+            _signal(helper, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_ours(p) for p in [pid, *left]):
+        time.sleep(0.1)
+    return action
 
 
 @dev.command("down")
@@ -203,12 +266,13 @@ def down(obj: CliContext, workdir: Path, timeout_text: str) -> None:
     workdir = workdir.expanduser().resolve()
     pid = _pid(workdir)
     if pid is None or not _alive(pid):
+        if pid is not None:
+            _stop(pid, workdir, 0)  # NOTE: the demo is gone, but a killed one leaves its helpers running
         emit(obj.json, {"workdir": str(workdir), "pid": pid, "action": "none"},
              f"no local marketplace runs in {workdir}")
         return
-    state = _read_state(workdir)
     started = time.monotonic()
-    action = _stop(pid, state, timeout)
+    action = _stop(pid, workdir, timeout)
     (workdir / PID_FILE).unlink(missing_ok=True)
     seconds = round(time.monotonic() - started, 1)
     emit(obj.json, {"workdir": str(workdir), "pid": pid, "action": action, "seconds": seconds},
