@@ -746,6 +746,9 @@ def local_env(d: Demo) -> dict[str, str]:
         "NODEAI_PROVIDER": d.provider, "NODEAI_MODEL": MODEL_NAME, "NODEAI_MODEL_ID": str(d.model_id),
         "NODEAI_ESCROW": d.market.escrow.address, "NODEAI_IPFS_PEERS": d.provider_ipfs.multiaddrs()[0],
         "NODEAI_LOCAL_PID": str(os.getpid()),
+        # NOTE: the CLI's wallet, settings and kept receipts for this marketplace live in the work folder (and go
+        # with it), not in ~/.nodeai, where a real wallet may be.
+        "NODEAI_HOME": str(d.workdir / "home"),
     }  # fmt: skip
 
 

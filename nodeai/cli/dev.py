@@ -98,13 +98,16 @@ def _summary(state: dict[str, Any], workdir: Path) -> str:
         f"  indexer    {env['NODEAI_INDEXER_URL']}",
         f"  explorer   {env['NODEAI_EXPLORER_URL']}",
         f"  log        {workdir / LOG_FILE}",
+        *([f"  home       {env['NODEAI_HOME']} (NODEAI_HOME: the wallet and settings of `nodeai login`)"]
+          if env.get("NODEAI_HOME") else []),
         f"next: `source {workdir / ENV_FILE}`, then `nodeai login --create`",
     ])  # fmt: skip
 
 
 @dev.command("up")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
-              help="Folder for the chain's deployments, IPFS repos, keystores, logs and env.sh (kept after `down`).")
+              help="Folder for the chain's deployments, IPFS repos, keystores, logs, env.sh and home/ (the NODEAI_HOME "
+                   "env.sh sets: your wallet for this marketplace); kept after `down`.")
 @click.option("--timeout", "timeout_text", default="10m", show_default=True,
               help="Give up (and stop it) if it is not ready after this long.")
 @click.option("--threads", type=int, help="llama.cpp threads (default: the demo's, one core left to the rest).")
@@ -114,7 +117,8 @@ nodeai dev up --workdir ~/nodeai-local
 source ~/nodeai-local/env.sh
 """)
 def up(obj: CliContext, workdir: Path, timeout_text: str, threads: int | None) -> None:
-    """Start the local marketplace in the background; return when it is ready (30-90 s).
+    """Start the local marketplace in the background; return when it is ready (about 15 s on an idle 2-core
+    machine, up to a minute on a busy one).
 
     It runs the demo (a model published, a provider serving it, a paid inference,
     an agent job settled, every balance checked), then keeps everything up for
