@@ -208,7 +208,8 @@ def _state_line(obj: CliContext, view: JobView) -> str:
 @click.option("--max-payment", help="Most the job may cost, in token units (default: the agent's budget).")
 @click.option("--deadline", "deadline_text", default="1h", show_default=True, help="Time the provider has: 90s, 30m, 2h, 1d.")
 @click.option("--until", type=click.Choice(["created", "submitted", "settled"]), default="settled", show_default=True,
-              help="Follow the job until this point (settled waits out the challenge window).")
+              help="Follow the job until this point (settled waits out the challenge window; created needs an "
+                   "IPFS node that stays up, --ipfs-api, since the embedded one stops with the command).")
 @click.option("--timeout", "timeout_text", default="2h", show_default=True, help="Stop following after this long.")
 @click.option("--raw", is_flag=True, help="--max-payment is in base units.")
 @signer_options
@@ -230,6 +231,18 @@ def run(obj: CliContext, name: str, input_text: str | None, input_file: Path | N
     text = input_text if input_text is not None else input_file.read_text()  # type: ignore[union-attr]
     deadline_s, timeout_s = parse_duration(deadline_text), parse_duration(timeout_text)
     check_amount(max_payment, "max payment")
+    if until == "created" and not obj.settings.ipfs_api:
+        # NOTE: the embedded IPFS node lives only as long as this command, and with --until created that ends
+        # right after createJob: the input pinned on it is gone before a provider can fetch it.
+        if not obj.settings.ipfs_peer_list():
+            raise UserError("--until created with the embedded IPFS node: the node (the only copy of the job's input) "
+                            "stops when this command returns, right after createJob, so no provider could fetch the "
+                            "input and the job would only time out",
+                            "follow the job until a provider has it (--until submitted, or the default), or pin on a "
+                            "node that stays up: --ipfs-api URL (NODEAI_IPFS_API)")  # fmt: skip
+        status("  warning: --until created with the embedded IPFS node: it stops when this command returns, so the "
+               "input reaches a provider only if a peer of --ipfs-peers fetches it before then; use --until "
+               "submitted or --ipfs-api URL to be sure")  # fmt: skip
     agent_id, entry = resolve_agent(obj, name)
     registry = obj.contract("ModelRegistry")
     info = registry.functions.models(agent_id).call()

@@ -184,17 +184,25 @@ class CliContext:
             from nodeai import ipfs
         except ImportError:
             raise MissingComponent("nodeai.ipfs", "pinning to IPFS") from None
+        peers = self.settings.ipfs_peer_list()
         if self.settings.ipfs_api:
+            if peers:
+                status(f"  warning: --ipfs-peers / NODEAI_IPFS_PEERS is ignored with --ipfs-api: the kubo node at "
+                       f"{self.settings.ipfs_api} dials its own peers (`ipfs swarm connect` there)")
             store = ipfs.KuboRpcStore(self.settings.ipfs_api)
         else:
+            for addr in peers:
+                if "/p2p/" not in addr:
+                    status(f"  warning: the IPFS peer {addr} lacks /p2p/PEER_ID: it is dialled as a bootstrap address "
+                           "but this command cannot check that it connected; give the full multiaddr")
             status(f"  starting the embedded IPFS node ({self.home / 'ipfs'}) ...")
-            peers = self.settings.ipfs_peer_list()
             with _quiet_native_output():
                 store = ipfs.EmbeddedKuboStore(self.home / "ipfs", bootstrap=peers)
-            # NOTE: the embedded node lives only as long as the command: what it pins reaches a
-            # provider only over a connection made now, so a peer that is not connected is worth a line.
-            _await_peers(store, peers)
         try:
+            if not self.settings.ipfs_api:
+                # NOTE: the embedded node lives only as long as the command: what it pins reaches a
+                # provider only over a connection made now, so a peer that is not connected is worth a line.
+                _await_peers(store, peers)
             yield store
         finally:
             close = getattr(store, "close", None)

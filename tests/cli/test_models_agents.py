@@ -172,10 +172,24 @@ def test_agents_run_follows_the_job_until_settled(chain: Chain, wallet: str, hom
     verify_transcript(transcript, expected_root=provider.result.transcript_root)
 
 
-def test_agents_run_json_until_created(chain: Chain, wallet: str, tmp_path: Path) -> None:
+def test_agents_run_json_until_created(chain: Chain, wallet: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec_file = tmp_path / "echo.json"
     spec_file.write_text(json.dumps(ECHO_SPEC | {"name": "quick-bot"}))
     agent = run_json("agents", "create", "quick-bot", "--spec", str(spec_file), "--budget", "2", "--model", str(chain.model_id))
+    # the embedded node stops with the command: alone, it would hold the job's only input copy for no one
+    before = chain.market.balance("requester")
+    assert_user_error(run("agents", "run", "quick-bot", "--input", "hello", "--until", "created"),
+                      "stops when this command returns", "--ipfs-api")
+    assert chain.market.balance("requester") == before, "a job was created"
+    monkeypatch.setenv("NODEAI_IPFS_PEERS", "/ip4/127.0.0.1/tcp/9")  # a peer named: allowed, with warnings
+    warned = run("agents", "run", "quick-bot", "--input", "hello", "--until", "created", "--json")
+    assert warned.exit_code == 0, warned.stderr
+    assert "warning: --until created with the embedded IPFS node" in warned.stderr
+    assert "lacks /p2p/" in warned.stderr  # NOTE: a peer address without its peer id cannot be checked
+    run_json("jobs", "refund", str(json.loads(warned.stdout)["job_id"]))
+    ignored = run("agents", "run", "quick-bot", "--input", "hello", "--until", "created", "--ipfs-api", "http://127.0.0.1:9")
+    assert "--ipfs-peers / NODEAI_IPFS_PEERS is ignored with --ipfs-api" in ignored.stderr, ignored.stderr
+    assert ignored.exit_code == 1 and chain.market.balance("requester") == before, "no kubo node there: nothing created"
     data = run_json("agents", "run", "quick-bot", "--input", "hello", "--until", "created")
     assert data["state"] == "OPEN" and data["max_payment"] == 2 * ONE and data["agent_id"] == agent["agent_id"]
     job = run_json("jobs", "show", str(data["job_id"]))
