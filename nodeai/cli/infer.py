@@ -378,7 +378,8 @@ def infer(obj: CliContext, prompt: str, model: str, gateway_url: str | None, pro
             # for requests never served.
             reported = "no running total" if charged_total is None else f"a running total of {obj.fmt(charged_total)}"
             problems.append(f"the gateway reports {reported}; it was {obj.fmt(before)} before this request, which "
-                            f"makes {obj.fmt(expected_total)} with this receipt")
+                            f"makes {obj.fmt(expected_total)} with this receipt (unless another program paid this "
+                            f"provider from this wallet since: then the total kept in {totals_file(obj)} is behind)")
         settled = None
         if not problems:
             keep_total(obj, key, expected_total)
