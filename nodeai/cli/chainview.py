@@ -88,6 +88,11 @@ def job_events(obj: CliContext, job_id: int, from_block: int | None = None, to_b
 
 def load_job(obj: CliContext, job_id: int) -> JobView:
     """The job ``job_id`` rebuilt from its events and checked against ``jobCommitment``."""
+    return _load_job(obj, job_id)[0]
+
+
+def _load_job(obj: CliContext, job_id: int) -> tuple[JobView, list[dict[str, Any]]]:
+    """``load_job`` and the events it was folded from."""
     if job_id <= 0:
         raise UserError(f"job ids start at 1, got {job_id}")
     market = obj.contract("JobMarket")
@@ -99,11 +104,12 @@ def load_job(obj: CliContext, job_id: int) -> JobView:
         count = market.functions.jobCount().call(block_identifier=block)
         raise UserError(f"there is no job {job_id} on this chain (jobs 1..{count} exist)",
                         "list them with `nodeai jobs list`")
-    view = fold(job_id, job_events(obj, job_id, to_block=block))
+    events = job_events(obj, job_id, to_block=block)
+    view = fold(job_id, events)
     if view is None or view.job.commitment() != commitment:
         raise CliError(f"the events of job {job_id} do not match its on-chain commitment",
                        "the RPC may be lagging or missing logs; retry, or use another --rpc-url")
-    return view
+    return view, events
 
 
 def fold(job_id: int, events: list[dict[str, Any]]) -> JobView | None:
@@ -135,17 +141,23 @@ def follow(obj: CliContext, job_id: int, stop: Callable[[JobView], bool], on_cha
            timeout: float, poll: float = 0.5, on_tick: Callable[[JobView], None] | None = None) -> JobView:  # fmt: skip
     """Poll the job's events until ``stop(view)``; ``on_change`` sees every new state. Bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
-    view = load_job(obj, job_id)
+    view, events = _load_job(obj, job_id)
     on_change(view)
-    seen = len(view.events)
+    seen = len(events)
     while not stop(view):
         if time.monotonic() > deadline:
             raise CliError(f"job {job_id} is still {view.state.name} after {timeout:.0f} s",
                            f"it goes on without the CLI: follow it again with `nodeai jobs show {job_id}`")
         time.sleep(poll)
-        view = load_job(obj, job_id)
-        if len(view.events) != seen:
-            seen = len(view.events)
+        view, events = _load_job(obj, job_id)
+        if len(events) != seen:
+            # NOTE: several transitions can land between two polls (a provider that claims
+            # and submits within a second): each one is shown, in chain order.
+            for count in range(seen + 1, len(events)):
+                step = fold(job_id, events[:count])
+                if step is not None:
+                    on_change(step)
+            seen = len(events)
             on_change(view)
         elif on_tick is not None:
             on_tick(view)

