@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import shutil
 import statistics
@@ -58,7 +59,7 @@ def p50_ms(values: list[float]) -> float:
 def timed(cls: type, name: str, phase: str) -> None:
     """Record the wall time of every call of ``cls.name`` (sync or async) under ``phase``."""
     original: Callable[..., Any] = getattr(cls, name)
-    if hasattr(original, "__code__") and original.__code__.co_flags & 0x80:  # NOTE: CO_COROUTINE
+    if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
